@@ -1,0 +1,113 @@
+"""The ``vesalius`` command: parses arguments, calls the Python API, formats the answer.
+
+Errors Vesalius raises on purpose are printed as one precise message and a non-zero exit, never as a
+traceback; set VESALIUS_DEBUG=1 to see the traceback of an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from vesalius import __version__
+from vesalius.cli.formatting import format_scan, format_volume
+from vesalius.core.errors import VesaliusError
+
+app = typer.Typer(
+    name="vesalius",
+    help="Vesalius: medical images from the hospital archive to a usable diagnosis and back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(command: F) -> F:
+    """Turn errors into one line on stderr and an exit code: 2 for bad input, 1 for anything else."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except VesaliusError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=2) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as error:
+            if os.environ.get("VESALIUS_DEBUG"):
+                raise
+            typer.echo(f"internal error: {type(error).__name__}: {error} (set VESALIUS_DEBUG=1 for details)", err=True)
+            raise typer.Exit(code=1) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vesalius {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Vesalius: medical images from the hospital archive to a usable diagnosis and back."""
+
+
+@app.command()
+@friendly_errors
+def info(
+    path: Annotated[Path, typer.Argument(help="A DICOM file or folder (any depth), or a NIfTI/NRRD/MHA file.")],
+    show_skipped: Annotated[int, typer.Option(help="How many skipped files to list with their reason.")] = 10,
+) -> None:
+    """List the studies and series found (modality, size, spacing, orientation) and every problem seen."""
+    from vesalius.io.dicom import scan
+    from vesalius.io.itk import is_itk_image
+    from vesalius.io.nifti import is_nifti
+    from vesalius.io.read import read_volume
+
+    if path.is_file() and (is_nifti(path) or is_itk_image(path)):
+        typer.echo(format_volume(read_volume(path), path))
+        return
+    typer.echo(format_scan(scan(path), show_skipped=show_skipped))
+
+
+@app.command()
+@friendly_errors
+def convert(
+    path: Annotated[Path, typer.Argument(help="A DICOM file or folder, or a NIfTI/NRRD/MHA file.")],
+    output: Annotated[Path, typer.Argument(help="Output NIfTI file (.nii or .nii.gz).")],
+    series: Annotated[
+        str | None, typer.Option("--series", help="Series Instance UID to convert when PATH holds several.")
+    ] = None,
+    on_tilt: Annotated[
+        str, typer.Option(help="Gantry tilt: 'resample' onto an orthogonal grid, or 'refuse' the series.")
+    ] = "resample",
+) -> None:
+    """Convert one series (or image) to NIfTI with its exact geometry."""
+    from vesalius.io.nifti import write_nifti
+    from vesalius.io.read import read_volume
+
+    if on_tilt not in ("resample", "refuse"):
+        raise typer.BadParameter("--on-tilt must be 'resample' or 'refuse'")
+    volume = read_volume(path, series_uid=series, on_tilt=on_tilt)  # type: ignore[arg-type]
+    written = write_nifti(volume, output)
+    typer.echo(f"wrote {written}: {volume.describe()}")
+    if volume.metadata.get("resampled_for_tilt"):
+        typer.echo(f"note: resampled for a gantry tilt of {volume.metadata['gantry_tilt_degrees']:.2f} degrees")
+
+
+def run() -> None:  # pragma: no cover - console entry point alias
+    sys.exit(app())

@@ -1,0 +1,64 @@
+"""One exception hierarchy, so services can print a precise message instead of a traceback.
+
+Every message names the file, series or field, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class VesaliusError(Exception):
+    """Base of every error Vesalius raises on purpose."""
+
+
+class InputError(VesaliusError):
+    """The user's input cannot be used as given."""
+
+
+class NoDicomFoundError(InputError):
+    """A folder holds no readable DICOM image."""
+
+
+class NotDicomError(InputError):
+    """A file is not DICOM, or is truncated."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: not a readable DICOM file ({reason})")
+
+
+class SeriesGeometryError(InputError):
+    """A series' slices do not form one regular grid (gap, uneven spacing, mixed orientation or size)."""
+
+    def __init__(self, series: str, problems: Sequence[str], files: Sequence[Path | str] = ()) -> None:
+        self.series = series
+        self.problems = list(problems)
+        self.files = [Path(f) for f in files]
+        shown = ", ".join(str(f) for f in self.files[:4])
+        more = f" (and {len(self.files) - 4} more)" if len(self.files) > 4 else ""
+        where = f"; files: {shown}{more}" if self.files else ""
+        super().__init__(f"series {series}: " + "; ".join(self.problems) + where)
+
+
+class PixelDecodeError(InputError):
+    """Pixel data cannot be decoded (unsupported or corrupt transfer syntax)."""
+
+    def __init__(self, path: Path | str, transfer_syntax: str, reason: str) -> None:
+        self.path = Path(path)
+        self.transfer_syntax = transfer_syntax
+        super().__init__(f"{self.path}: cannot decode pixel data in transfer syntax {transfer_syntax}: {reason}")
+
+
+class UnsupportedFormatError(InputError):
+    """A file's format is not one Vesalius reads or writes."""
+
+
+class SeriesSelectionError(InputError):
+    """The requested series is absent or the choice is ambiguous."""
+
+
+class TransformError(VesaliusError):
+    """A transform was asked for something its input cannot give."""

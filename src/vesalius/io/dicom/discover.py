@@ -1,0 +1,206 @@
+"""Finding the studies and series in a folder of DICOM files at any depth, with non-DICOM files mixed in.
+
+Headers are read once (without pixel data) in parallel; each series is then checked for a regular grid so
+that ``vesalius info`` can report problems before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from vesalius.core.errors import NoDicomFoundError
+from vesalius.io.dicom.frames import Frame, frames_of, sop_instance_uid
+from vesalius.io.dicom.geometry import GeometryProblem, StackGeometry, stack_geometry
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
+@dataclass
+class SeriesInfo:
+    """One series: its frames, and the grid they form (or why they do not)."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    description: str
+    series_number: int | None
+    frame_of_reference_uid: str | None
+    sop_class_uid: str
+    frames: list[Frame]
+    geometry: StackGeometry
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted({f.path for f in self.frames})
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.geometry.shape
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        norms = np.linalg.norm(self.geometry.affine[:3, :3], axis=0)
+        return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+    @property
+    def orientation(self) -> str:
+        letters = (("L", "R"), ("P", "A"), ("S", "I"))
+        code = ""
+        for axis in self.geometry.affine[:3, :3].T:
+            dominant = int(np.argmax(np.abs(axis)))
+            code += letters[dominant][0 if axis[dominant] > 0 else 1]
+        return code
+
+    @property
+    def problems(self) -> list[str]:
+        return [p.message for p in self.geometry.problems]
+
+    @property
+    def transfer_syntaxes(self) -> list[str]:
+        return sorted({UID(f.transfer_syntax_uid).name for f in self.frames})
+
+
+@dataclass
+class StudyInfo:
+    study_instance_uid: str
+    study_date: str
+    description: str
+    series: list[SeriesInfo] = field(default_factory=list)
+
+
+@dataclass
+class ScanReport:
+    root: Path
+    studies: list[StudyInfo]
+    skipped: list[SkippedFile]
+
+    @property
+    def series(self) -> list[SeriesInfo]:
+        return [s for study in self.studies for s in study.series]
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    if root.is_file():
+        yield root
+        return
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            yield Path(folder) / name
+
+
+def _read_header(path: Path) -> Dataset | SkippedFile:
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        try:
+            dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:
+            return SkippedFile(path, "not a DICOM file")
+        if "SOPClassUID" not in dataset or "Rows" not in dataset:
+            return SkippedFile(path, "not a DICOM file (no DICOM preamble or image attributes)")
+    except Exception as error:  # truncated header, broken value lengths, unreadable file
+        return SkippedFile(path, f"unreadable DICOM ({type(error).__name__}: {error})")
+    sop_class = str(dataset.get("SOPClassUID", ""))
+    if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in dataset:
+        return SkippedFile(path, "DICOMDIR (media directory), not an image")
+    if "Rows" not in dataset or "Columns" not in dataset:
+        name = UID(sop_class).name if sop_class else "unknown SOP class"
+        return SkippedFile(path, f"no pixel data ({name})")
+    return dataset
+
+
+def _series_key(dataset: Dataset) -> tuple[str, str]:
+    return str(dataset.get("StudyInstanceUID", "unknown-study")), str(
+        dataset.get("SeriesInstanceUID", "unknown-series")
+    )
+
+
+def _series_info(study_uid: str, series_uid: str, headers: list[tuple[Path, Dataset]]) -> SeriesInfo:
+    frames: list[Frame] = []
+    for path, dataset in headers:
+        frames.extend(frames_of(dataset, path))
+    first = headers[0][1]
+    try:
+        geometry = stack_geometry(frames)
+    except Exception as error:
+        problem = GeometryProblem("missing_position", f"geometry could not be derived: {error}")
+        geometry = StackGeometry(tuple(range(len(frames))), np.eye(4), (0, 0, len(frames)), 0.0, (problem,))
+    number = first.get("SeriesNumber")
+    return SeriesInfo(
+        series_instance_uid=series_uid,
+        study_instance_uid=study_uid,
+        modality=str(first.get("Modality", "")),
+        description=str(first.get("SeriesDescription", "")),
+        series_number=int(number) if number not in (None, "") else None,
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID")) if "FrameOfReferenceUID" in first else None,
+        sop_class_uid=str(first.get("SOPClassUID", "")),
+        frames=frames,
+        geometry=geometry,
+    )
+
+
+def _readable_paths(paths: Iterable[Path]) -> list[Path]:
+    return [p for p in paths if p.is_file()]
+
+
+def scan(path: Path | str, workers: int = 1) -> ScanReport:
+    """Group every DICOM image under ``path`` into studies and series; list what was skipped and why.
+
+    Header parsing holds the GIL, so one worker is fastest on local disk; more help on network storage.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise NoDicomFoundError(f"{root}: no such file or folder")
+    paths = _readable_paths(_walk(root))
+    if not paths:
+        raise NoDicomFoundError(f"{root}: the folder is empty")
+    if workers <= 1:
+        headers = [_read_header(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            headers = list(pool.map(_read_header, paths))
+    skipped = [h for h in headers if isinstance(h, SkippedFile)]
+    grouped: dict[tuple[str, str], list[tuple[Path, Dataset]]] = defaultdict(list)
+    duplicates: set[str] = set()
+    for file_path, header in zip(paths, headers, strict=True):
+        if isinstance(header, SkippedFile):
+            continue
+        sop = sop_instance_uid(header, file_path)
+        if sop in duplicates:
+            skipped.append(SkippedFile(file_path, f"repeats SOP Instance UID {sop} already read"))
+            continue
+        duplicates.add(sop)
+        grouped[_series_key(header)].append((file_path, header))
+    if not grouped:
+        reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:5])
+        raise NoDicomFoundError(f"{root}: no DICOM image found among {len(paths)} files ({reasons})")
+    studies: dict[str, StudyInfo] = {}
+    for (study_uid, series_uid), members in grouped.items():
+        first = members[0][1]
+        study = studies.setdefault(
+            study_uid,
+            StudyInfo(study_uid, str(first.get("StudyDate", "")), str(first.get("StudyDescription", ""))),
+        )
+        study.series.append(_series_info(study_uid, series_uid, members))
+    for study in studies.values():
+        study.series.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_instance_uid))
+    ordered = sorted(studies.values(), key=lambda s: (s.study_date, s.study_instance_uid))
+    return ScanReport(root=root, studies=ordered, skipped=skipped)

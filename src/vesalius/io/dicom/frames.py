@@ -1,0 +1,156 @@
+"""One image plane of a DICOM object (a single-frame instance or one frame of a multi-frame one).
+
+Everything the geometry and pixel steps need is pulled out of the header once, so the datasets
+themselves can be dropped after discovery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One plane of pixels with its place in the patient, as the header states it."""
+
+    path: Path
+    frame_index: int | None
+    """Index into a multi-frame object's frames; None for a single-frame instance."""
+    sop_instance_uid: str
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    position: tuple[float, float, float] | None
+    """Image Position (Patient) of the centre of the first transmitted pixel, LPS mm."""
+    orientation: tuple[float, float, float, float, float, float] | None
+    """Image Orientation (Patient): row direction then column direction cosines."""
+    pixel_spacing: tuple[float, float] | None
+    """(between rows, between columns) in mm, as the DICOM attribute orders them."""
+    slice_thickness: float | None
+    spacing_between_slices: float | None
+    slope: float
+    intercept: float
+    instance_number: int | None
+    transfer_syntax_uid: str
+
+    @property
+    def row_direction(self) -> npt.NDArray[np.float64]:
+        assert self.orientation is not None
+        return np.asarray(self.orientation[:3], dtype=np.float64)
+
+    @property
+    def column_direction(self) -> npt.NDArray[np.float64]:
+        assert self.orientation is not None
+        return np.asarray(self.orientation[3:], dtype=np.float64)
+
+
+def _floats(value: Any, count: int) -> Any:
+    """A tuple of ``count`` floats, or None when the attribute is absent or malformed."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == count else None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_number(*values: Any, default: float) -> float:
+    for value in values:
+        number = _float(value)
+        if number is not None:
+            return number
+    return default
+
+
+def _first_item(dataset: Dataset | None, keyword: str) -> Dataset | None:
+    if dataset is None:
+        return None
+    sequence = dataset.get(keyword)
+    if sequence is None or len(sequence) == 0:
+        return None
+    item: Dataset = sequence[0]
+    return item
+
+
+def _group_value(shared: Dataset | None, per_frame: Dataset | None, sequence: str, keyword: str) -> Any:
+    """A functional-group attribute: the per-frame value wins over the shared one."""
+    for group in (per_frame, shared):
+        item = _first_item(group, sequence)
+        if item is not None and keyword in item:
+            return item.get(keyword)
+    return None
+
+
+def sop_instance_uid(dataset: Dataset, path: Path) -> str:
+    """The SOP Instance UID, from the file meta when the data set lacks it (as some anonymisers leave it)."""
+    uid = str(dataset.get("SOPInstanceUID", "") or "")
+    if not uid and hasattr(dataset, "file_meta"):
+        uid = str(dataset.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+    return uid or f"file:{path}"
+
+
+def frames_of(dataset: Dataset, path: Path) -> list[Frame]:
+    """All frames of one DICOM instance, with geometry taken from functional groups when present."""
+    number_of_frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    common: dict[str, Any] = {
+        "path": path,
+        "sop_instance_uid": sop_instance_uid(dataset, path),
+        "rows": int(dataset.Rows),
+        "columns": int(dataset.Columns),
+        "samples_per_pixel": int(dataset.get("SamplesPerPixel", 1) or 1),
+        "instance_number": int(dataset.InstanceNumber) if dataset.get("InstanceNumber") is not None else None,
+        "transfer_syntax_uid": str(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")),
+        "spacing_between_slices": _float(dataset.get("SpacingBetweenSlices")),
+    }
+    top_spacing = dataset.get("PixelSpacing") or dataset.get("ImagerPixelSpacing")
+    if "PerFrameFunctionalGroupsSequence" not in dataset and "SharedFunctionalGroupsSequence" not in dataset:
+        frame = {
+            **common,
+            "position": _floats(dataset.get("ImagePositionPatient"), 3),
+            "orientation": _floats(dataset.get("ImageOrientationPatient"), 6),
+            "pixel_spacing": _floats(top_spacing, 2),
+            "slice_thickness": _float(dataset.get("SliceThickness")),
+            "slope": _first_number(dataset.get("RescaleSlope"), default=1.0),
+            "intercept": _first_number(dataset.get("RescaleIntercept"), default=0.0),
+        }
+        if number_of_frames == 1:
+            return [Frame(frame_index=None, **frame)]
+        return [Frame(frame_index=index, **frame) for index in range(number_of_frames)]
+
+    shared = _first_item(dataset, "SharedFunctionalGroupsSequence")
+    per_frame_groups = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    frames = []
+    for index in range(number_of_frames):
+        per_frame = per_frame_groups[index] if index < len(per_frame_groups) else None
+        spacing = _group_value(shared, per_frame, "PixelMeasuresSequence", "PixelSpacing") or top_spacing
+        slope = _group_value(shared, per_frame, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _group_value(shared, per_frame, "PixelValueTransformationSequence", "RescaleIntercept")
+        frames.append(
+            Frame(
+                frame_index=index,
+                position=_floats(_group_value(shared, per_frame, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                orientation=_floats(
+                    _group_value(shared, per_frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
+                ),
+                pixel_spacing=_floats(spacing, 2),
+                slice_thickness=_float(_group_value(shared, per_frame, "PixelMeasuresSequence", "SliceThickness")),
+                slope=_first_number(slope, dataset.get("RescaleSlope"), default=1.0),
+                intercept=_first_number(intercept, dataset.get("RescaleIntercept"), default=0.0),
+                **common,
+            )
+        )
+    return frames
