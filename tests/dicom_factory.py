@@ -53,6 +53,54 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
+__all__ = [
+    "LOSSLESS_COMPRESSED_SYNTAXES",
+    "UNCOMPRESSED_SYNTAXES",
+    "Affine",
+    "CTImageStorage",
+    "DeflatedExplicitVRLittleEndian",
+    "EncoderUnavailableError",
+    "EnhancedCTImageStorage",
+    "EnhancedMRImageStorage",
+    "ExplicitVRBigEndian",
+    "ExplicitVRLittleEndian",
+    "FileNaming",
+    "GeometryPlacement",
+    "ImplicitVRLittleEndian",
+    "InstanceOrder",
+    "JPEG2000Lossless",
+    "JPEGLSLossless",
+    "JPEGLosslessSV1",
+    "MRImageStorage",
+    "Mutator",
+    "RLELossless",
+    "SeriesIdentity",
+    "TiltedPhantom",
+    "WrittenSeries",
+    "affine_from",
+    "axial",
+    "can_encode",
+    "copy_into",
+    "coronal",
+    "corrupt_compressed_pixels",
+    "gantry_tilted_series",
+    "generate_uid",
+    "oblique",
+    "random_values",
+    "rotation",
+    "sagittal",
+    "scratch_folder",
+    "set_pixels",
+    "sphere_values",
+    "truncate_copy",
+    "truncate_pixel_data",
+    "voxel_centres",
+    "write_compressed",
+    "write_multiframe",
+    "write_series",
+    "write_text_file",
+]
+
 Affine = npt.NDArray[np.float64]
 FloatArray = npt.NDArray[np.float64]
 Mutator = Callable[[Dataset, int], None]
@@ -60,6 +108,7 @@ Mutator = Callable[[Dataset, int], None]
 
 InstanceOrder = Literal["random", "ascending", "reversed"]
 FileNaming = Literal["uid", "index", "bare"]
+GeometryPlacement = Literal["shared", "per_frame"]
 
 UNCOMPRESSED_SYNTAXES: tuple[UID, ...] = (
     ExplicitVRLittleEndian,
@@ -88,9 +137,7 @@ class EncoderUnavailableError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 
-def affine_from(
-    direction: npt.ArrayLike, spacing: Sequence[float], origin: Sequence[float]
-) -> Affine:
+def affine_from(direction: npt.ArrayLike, spacing: Sequence[float], origin: Sequence[float]) -> Affine:
     """4x4 voxel-to-LPS matrix from a 3x3 direction (columns = unit axes), spacing (i, j, k), origin."""
     matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
     affine = np.eye(4)
@@ -114,23 +161,17 @@ def rotation(angles_deg: Sequence[float]) -> FloatArray:
     return np.asarray(rz @ ry @ rx, dtype=np.float64)
 
 
-def axial(
-    spacing: Sequence[float] = (0.7, 0.8, 2.5), origin: Sequence[float] = (-120.0, -95.5, 41.25)
-) -> Affine:
+def axial(spacing: Sequence[float] = (0.7, 0.8, 2.5), origin: Sequence[float] = (-120.0, -95.5, 41.25)) -> Affine:
     """Axial: rows run to patient Left, columns to Posterior, slices to Superior ('LPS')."""
     return affine_from(_frame((1, 0, 0), (0, 1, 0)), spacing, origin)
 
 
-def coronal(
-    spacing: Sequence[float] = (0.7, 0.8, 2.5), origin: Sequence[float] = (-120.0, 35.0, 80.0)
-) -> Affine:
+def coronal(spacing: Sequence[float] = (0.7, 0.8, 2.5), origin: Sequence[float] = (-120.0, 35.0, 80.0)) -> Affine:
     """Coronal: rows to Left, columns to Inferior, slices to Posterior ('LIP')."""
     return affine_from(_frame((1, 0, 0), (0, 0, -1)), spacing, origin)
 
 
-def sagittal(
-    spacing: Sequence[float] = (0.7, 0.8, 2.5), origin: Sequence[float] = (12.0, -110.0, 80.0)
-) -> Affine:
+def sagittal(spacing: Sequence[float] = (0.7, 0.8, 2.5), origin: Sequence[float] = (12.0, -110.0, 80.0)) -> Affine:
     """Sagittal: rows to Posterior, columns to Inferior, slices to Right ('PIR')."""
     return affine_from(_frame((0, 1, 0), (0, 0, -1)), spacing, origin)
 
@@ -251,7 +292,7 @@ class WrittenSeries:
 def _file_dataset(sop_class: UID, sop_instance: str, transfer_syntax: UID) -> FileDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
     meta.TransferSyntaxUID = transfer_syntax
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "VESALIUS_TESTS"
@@ -369,7 +410,7 @@ def can_encode(transfer_syntax: str) -> bool:
     if syntax in UNCOMPRESSED_SYNTAXES:
         return True
     try:
-        from pydicom.pixels import get_encoder
+        from pydicom.pixels.encoders.base import get_encoder
 
         if get_encoder(syntax).is_available:
             return True
@@ -378,24 +419,34 @@ def can_encode(transfer_syntax: str) -> bool:
     return syntax in _GDCM_SYNTAX_NAMES and _gdcm_available()
 
 
-def _gdcm_transcode(path: Path, syntax: UID) -> None:
+def _gdcm_encapsulated_pixels(ds: FileDataset, syntax: UID) -> bytes:
+    """Encode ``ds``'s native pixels with GDCM and return the encapsulated Pixel Data value.
+
+    Only the pixel data is taken from GDCM: it rewrites other attributes (it regenerates the per-frame
+    positions of enhanced objects, for instance), so the header stays pydicom's.
+    """
     import gdcm
 
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(path))
-    if not reader.Read():
-        raise EncoderUnavailableError(f"GDCM cannot read {path}")
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, _GDCM_SYNTAX_NAMES[syntax])))
-    change.SetInput(reader.GetImage())
-    if not change.Change():
-        raise EncoderUnavailableError(f"GDCM cannot encode {syntax.name}")
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(path))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    if not writer.Write():
-        raise EncoderUnavailableError(f"GDCM cannot write {path} as {syntax.name}")
+    with tempfile.TemporaryDirectory(prefix="vesalius-gdcm-") as scratch:
+        native, encoded = Path(scratch) / "native.dcm", Path(scratch) / "encoded.dcm"
+        ds.save_as(native, enforce_file_format=True)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(native))
+        if not reader.Read():
+            raise EncoderUnavailableError("GDCM cannot read the native file")
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, _GDCM_SYNTAX_NAMES[syntax])))
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise EncoderUnavailableError(f"GDCM cannot encode {syntax.name}")
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(encoded))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        if not writer.Write():
+            raise EncoderUnavailableError(f"GDCM cannot write {syntax.name}")
+        value = pydicom.dcmread(encoded).PixelData
+    return bytes(value)
 
 
 def _save(ds: FileDataset, path: Path, transfer_syntax: UID) -> None:
@@ -409,7 +460,7 @@ def _save(ds: FileDataset, path: Path, transfer_syntax: UID) -> None:
         ds.save_as(path, enforce_file_format=True)
         return
     try:
-        from pydicom.pixels import get_encoder
+        from pydicom.pixels.encoders.base import get_encoder
 
         native_encoder = get_encoder(transfer_syntax).is_available
     except (NotImplementedError, ValueError, KeyError):
@@ -425,8 +476,12 @@ def _save(ds: FileDataset, path: Path, transfer_syntax: UID) -> None:
             ds.save_as(path, enforce_file_format=True)
             return
     if transfer_syntax in _GDCM_SYNTAX_NAMES and _gdcm_available():
+        encapsulated = _gdcm_encapsulated_pixels(ds, transfer_syntax)
+        ds.PixelData = encapsulated
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
         ds.save_as(path, enforce_file_format=True)
-        _gdcm_transcode(path, transfer_syntax)
         return
     raise EncoderUnavailableError(f"no encoder installed for {transfer_syntax.name}")
 
@@ -467,8 +522,9 @@ def write_series(
 
     ``intercept`` defaults to -1024 for CT and 0 otherwise; ``signed`` (PixelRepresentation) defaults to
     True for CT. MR files carry no Rescale tags when slope is 1 and intercept 0. ``tilt_deg`` shears the
-    stack like a CT gantry tilt: slice ``k`` is shifted in-plane along the column direction by
-    ``k * step * tan(tilt)``; the returned ``affine`` is then the sheared, exact geometry.
+    stack like a CT gantry tilt: slice ``k`` is shifted in-plane against the column direction by
+    ``k * step * tan(tilt)`` (the sign dcm2niix estimates as a positive tilt); the returned ``affine``
+    is then the sheared, exact geometry.
     ``slice_thickness`` defaults to the slice step. ``file_names``: "uid" (``<SOPInstanceUID>.dcm``),
     "index" (``0003.dcm`` in write order) or "bare" (``IM000003``, no extension).
     """
@@ -480,14 +536,14 @@ def write_series(
     affine = np.array(affine_lps, dtype=np.float64)
     iop, pixel_spacing, step = _geometry_tags(affine)
     if tilt_deg:
-        affine[:3, 2] += step * math.tan(math.radians(tilt_deg)) * np.asarray(iop[3:])
+        affine[:3, 2] -= step * math.tan(math.radians(tilt_deg)) * np.asarray(iop[3:])
     intercept = (-1024.0 if modality == "CT" else 0.0) if intercept is None else intercept
     signed = modality == "CT" if signed is None else signed
     stored = _to_stored(values, slope, intercept, signed)
     ident = identity or SeriesIdentity.new(study_uid, series_uid, frame_of_reference_uid)
-    transfer_syntax = UID(transfer_syntax)
-    if not can_encode(transfer_syntax):
-        raise EncoderUnavailableError(f"no encoder installed for {transfer_syntax.name}")
+    syntax = UID(transfer_syntax)
+    if not can_encode(syntax):
+        raise EncoderUnavailableError(f"no encoder installed for {syntax.name}")
 
     rng = np.random.default_rng(seed)
     n_slices = values.shape[2]
@@ -499,7 +555,7 @@ def write_series(
     for position, k in enumerate(order):
         if k in skipped:
             continue
-        ds = _file_dataset(_SOP_CLASS.get(modality, CTImageStorage), uids[k], transfer_syntax)
+        ds = _file_dataset(_SOP_CLASS.get(modality, CTImageStorage), uids[k], syntax)
         _add_patient_study_series(ds, ident, modality)
         _add_acquisition(ds, modality)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -522,7 +578,7 @@ def write_series(
         if mutate is not None:
             mutate(ds, k)
         path = folder / _file_name(file_names, position, uids[k])
-        _save(ds, path, transfer_syntax)
+        _save(ds, path, syntax)
         paths[k] = path
     return WrittenSeries(
         folder=folder,
@@ -596,19 +652,20 @@ def gantry_tilted_series(
 ) -> TiltedPhantom:
     """A sphere phantom in a CT series acquired with gantry tilt ``tilt_deg``.
 
-    ``iop_tilted=False``: axial ImageOrientationPatient, slice positions shifted in-plane (along the
-    column direction, +y) by ``k * slice_step * tan(tilt)``. ``iop_tilted=True`` (what scanners write):
-    the image plane is rotated about the patient's x axis by the tilt and the table moves along z only,
-    ``slice_step / cos(tilt)`` per slice. Either way the slice normal spacing is ``slice_step`` and the
-    stack is sheared by ``tan(tilt)``. The sphere is evaluated at the exact (sheared) voxel centres.
+    ``iop_tilted=False``: axial ImageOrientationPatient, slice positions shifted in-plane (towards
+    anterior, -y) by ``k * slice_step * tan(tilt)``. ``iop_tilted=True`` (what scanners write): the
+    image plane is rotated about the patient's x axis by the tilt and the table moves along z only,
+    ``slice_step / cos(tilt)`` per slice. Either way the slice normal spacing is ``slice_step``, the
+    stack is sheared by ``tan(tilt)`` and dcm2niix estimates the tilt as ``+tilt_deg`` (the value
+    written to GantryDetectorTilt). The sphere is evaluated at the exact (sheared) voxel centres.
     """
     tilt = math.radians(tilt_deg)
     if iop_tilted:
-        row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, math.cos(tilt), math.sin(tilt)])
+        row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, math.cos(tilt), -math.sin(tilt)])
         offset = np.array([0.0, 0.0, slice_step / math.cos(tilt)])
     else:
         row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
-        offset = slice_step * (np.cross(row, col) + math.tan(tilt) * col)
+        offset = slice_step * (np.cross(row, col) - math.tan(tilt) * col)
     sheared = np.eye(4)
     sheared[:3, 0] = row * pixel_spacing_ij[0]
     sheared[:3, 1] = col * pixel_spacing_ij[1]
@@ -649,7 +706,7 @@ def write_multiframe(
     intercept: float | None = None,
     signed: bool | None = None,
     frame_order: InstanceOrder = "ascending",
-    geometry_in: Literal["shared", "per_frame"] = "shared",
+    geometry_in: GeometryPlacement = "shared",
     study_uid: str | None = None,
     series_uid: str | None = None,
     frame_of_reference_uid: str | None = None,
@@ -673,7 +730,7 @@ def write_multiframe(
     signed = modality == "CT" if signed is None else signed
     stored = _to_stored(values, slope, intercept, signed)
     ident = identity or SeriesIdentity.new(study_uid, series_uid, frame_of_reference_uid)
-    transfer_syntax = UID(transfer_syntax)
+    syntax = UID(transfer_syntax)
     n_slices = values.shape[2]
     rng = np.random.default_rng(seed)
     frame_slices = {
@@ -683,7 +740,7 @@ def write_multiframe(
     }[frame_order]
 
     sop_instance = generate_uid()
-    ds = _file_dataset(_ENHANCED_SOP_CLASS[modality], sop_instance, transfer_syntax)
+    ds = _file_dataset(_ENHANCED_SOP_CLASS[modality], sop_instance, syntax)
     _add_patient_study_series(ds, ident, modality)
     _add_acquisition(ds, modality)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
@@ -717,9 +774,7 @@ def write_multiframe(
         return _item(ImageOrientationPatient=_ds_list(iop))
 
     def measures() -> Dataset:
-        return _item(
-            PixelSpacing=_ds_list(pixel_spacing), SliceThickness=_ds(step), SpacingBetweenSlices=_ds(step)
-        )
+        return _item(PixelSpacing=_ds_list(pixel_spacing), SliceThickness=_ds(step), SpacingBetweenSlices=_ds(step))
 
     shared = Dataset()
     if geometry_in == "shared":
@@ -761,7 +816,7 @@ def write_multiframe(
     ds.PixelData = np.ascontiguousarray(frames).tobytes()
     ds["PixelData"].VR = "OW"
     path = folder / (file_name or f"{sop_instance}.dcm")
-    _save(ds, path, transfer_syntax)
+    _save(ds, path, syntax)
     return WrittenSeries(
         folder=folder,
         files=[path],

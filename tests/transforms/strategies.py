@@ -13,14 +13,13 @@ from vesalius.core.volume import Volume
 
 spacings = st.tuples(*[st.floats(0.3, 5.0)] * 3)
 origins = st.tuples(*[st.floats(-200.0, 200.0)] * 3)
-shapes = st.tuples(*[st.integers(2, 8)] * 3)
 
 
 @st.composite
 def rotations(draw: st.DrawFn) -> npt.NDArray[np.float64]:
     """An orthonormal direction matrix from the QR decomposition of a random matrix (may be a reflection)."""
     matrix = np.array(draw(st.lists(st.floats(-1.0, 1.0), min_size=9, max_size=9))).reshape(3, 3)
-    assume(abs(np.linalg.det(matrix)) > 0.05)
+    assume(np.linalg.svd(matrix, compute_uv=False).min() > 0.05)  # far from singular
     q, _ = np.linalg.qr(matrix)
     return np.asarray(q, dtype=np.float64)
 
@@ -40,9 +39,9 @@ directions = st.one_of(rotations(), signed_permutations())
 
 
 @st.composite
-def volumes(draw: st.DrawFn, channels: bool = False, **kwargs: Any) -> Volume:
+def volumes(draw: st.DrawFn, /, channels: bool = False, sides: tuple[int, int] = (2, 8), **kwargs: Any) -> Volume:
     """A volume whose voxel values are distinct (value = flat index), so any misplaced voxel shows."""
-    shape = draw(shapes)
+    shape = draw(st.tuples(*[st.integers(*sides)] * 3))
     full_shape = (*shape, 2) if channels and draw(st.booleans()) else shape
     array = np.arange(int(np.prod(full_shape)), dtype=np.float64).reshape(full_shape)
     return Volume.from_geometry(
@@ -52,11 +51,10 @@ def volumes(draw: st.DrawFn, channels: bool = False, **kwargs: Any) -> Volume:
 
 def world_ramp(volume: Volume, gradient: tuple[float, float, float], intercept: float) -> Volume:
     """The volume's grid filled with a function linear in LPS millimetres, which trilinear sampling keeps."""
-    indices = np.stack(np.indices(volume.shape), axis=-1).astype(np.float64)
-    values = volume.index_to_world(indices) @ np.asarray(gradient) + intercept
+    values = volume.index_to_world(all_indices(volume.shape)) @ np.asarray(gradient) + intercept
     return volume.with_array(values)
 
 
 def all_indices(shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
     """Every voxel index of a grid, as (*shape, 3)."""
-    return np.stack(np.indices(shape), axis=-1).astype(np.float64)
+    return np.moveaxis(np.indices(shape, dtype=np.float64), 0, -1)

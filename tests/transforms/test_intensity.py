@@ -76,7 +76,7 @@ def test_window_records_what_it_did_and_leaves_the_input_alone() -> None:
 )
 def test_window_refuses_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(TransformError, match=message):
-        window(hu([0]), **kwargs)  # type: ignore[arg-type]
+        window(hu([0]), **kwargs)
 
 
 # --- clip ------------------------------------------------------------------------------------------------
@@ -183,9 +183,9 @@ def test_window_then_invert_recovers_hu_inside_the_window(values: list[int], pre
 @given(hu_values, st.booleans())
 def test_zscore_then_invert_recovers_every_value(values: list[int], masked: bool) -> None:
     volume = _ct(values)
-    mask = np.arange(len(values)).reshape(1, 1, -1) % 2 == 0 if masked else None
-    normalised = zscore(volume, mask=mask) if len(values) > 3 or not masked else zscore(volume)
-    restored = invert(normalised, kind="image")
+    # statistics from every other voxel, when that leaves at least two distinct values
+    mask = np.arange(len(values)).reshape(1, 1, -1) % 2 == 0 if masked and len(values) >= 3 else None
+    restored = invert(zscore(volume, mask=mask), kind="image")
     np.testing.assert_allclose(restored.array, volume.array, atol=1e-6 * 4096)
 
 

@@ -8,6 +8,7 @@ therefore stored ``array[i, j, k]``, the order nibabel and MONAI use; NIfTI's RA
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +41,19 @@ class AppliedTransform:
     source_affine: npt.NDArray[np.float64]
 
 
+def orientation_code(direction: npt.ArrayLike) -> str:
+    """Axis code ('towards' convention, as nibabel's aff2axcodes but in LPS) of a 3x3 direction matrix.
+
+    The permutation of world axes that best matches all three columns is chosen, so a strongly oblique
+    grid still gets three distinct letters.
+    """
+    matrix = np.abs(np.asarray(direction, dtype=np.float64).reshape(3, 3))
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(matrix[p[a], a] for a in range(3)))
+    signed = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    letters = (("L", "R"), ("P", "A"), ("S", "I"))
+    return "".join(letters[world][0 if signed[world, axis] > 0 else 1] for axis, world in enumerate(best))
+
+
 def make_affine(spacing: Sequence[float], origin: Sequence[float], direction: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Build the 4x4 index-to-LPS matrix from spacing, origin and a 3x3 direction (columns = axes)."""
     direction_matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
@@ -64,7 +78,8 @@ class Volume:
     history: tuple[AppliedTransform, ...] = ()
 
     def __post_init__(self) -> None:
-        affine = np.asarray(self.affine, dtype=np.float64)
+        affine = np.array(self.affine, dtype=np.float64)
+        affine.flags.writeable = False
         if affine.shape != (4, 4):
             raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
         if self.array.ndim not in (3, 4):
@@ -112,13 +127,8 @@ class Volume:
 
     @property
     def orientation(self) -> str:
-        """Three-letter LPS axis code, e.g. 'LPS' for a standard axial series ('towards' convention)."""
-        letters = (("L", "R"), ("P", "A"), ("S", "I"))
-        code = []
-        for axis in self.direction.T:
-            dominant = int(np.argmax(np.abs(axis)))
-            code.append(letters[dominant][0 if axis[dominant] > 0 else 1])
-        return "".join(code)
+        """Three-letter code of where the i, j, k axes point, e.g. 'LPS' for an axial DICOM series."""
+        return orientation_code(self.direction)
 
     def index_to_world(self, indices: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """LPS millimetres of voxel indices given as (..., 3)."""

@@ -50,8 +50,8 @@ def pad_array(
 
 def crop(volume: Volume, start: Sequence[int], stop: Sequence[int]) -> Volume:
     """Keep voxels ``start <= index < stop`` on each axis (as a slice would, but out-of-range is an error)."""
-    lo = int_triple(list(start), "crop start", minimum=0)
-    hi = int_triple(list(stop), "crop stop")
+    lo = int_triple(start, "crop start", minimum=0)
+    hi = int_triple(stop, "crop stop")
     for axis in range(3):
         if not lo[axis] < hi[axis] <= volume.shape[axis]:
             raise TransformError(

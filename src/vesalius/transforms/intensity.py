@@ -77,7 +77,7 @@ def window(
     if preset is not None:
         if level is not None or width is not None:
             raise TransformError(f"window: give preset {preset!r} or level and width, not both")
-        key = preset.lower()
+        key = str(preset).lower()
         if key not in WINDOW_PRESETS:
             known = ", ".join(WINDOW_PRESETS)
             raise TransformError(f"window: unknown preset {preset!r}; known presets are {known}")
@@ -90,7 +90,7 @@ def window(
         raise TransformError(f"window width must be > 0 HU; got {width}")
     low = level - width / 2.0
     values = np.clip((np.asarray(volume.array, dtype=np.float64) - low) / width, 0.0, 1.0)
-    params = {"level": level, "width": width, "preset": preset.lower() if preset else None}
+    params = {"level": level, "width": width, "preset": None if preset is None else str(preset).lower()}
     return applied(volume, "window", params, _as_float32(values))
 
 

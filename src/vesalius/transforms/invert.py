@@ -58,7 +58,9 @@ def _undo_spatial(
         before = params["start"]
         after = [n - b for n, b in zip(source_shape, params["stop"], strict=True)]
         kept = np.ones(array.shape[:3], dtype=bool) if covered is None else covered
-        return pad_array(array, before, after), pad_array(kept, before, after, value=False)
+        # edge values, not a constant, so a later linear resampling does not blend a placeholder into the
+        # border voxels; the uncovered ones get ``fill`` at the end
+        return pad_array(array, before, after, mode="edge"), pad_array(kept, before, after, value=False)
     if record.name == "pad":
         start = params["before"]
         stop = [b + n for b, n in zip(start, source_shape, strict=True)]
@@ -142,5 +144,7 @@ def invert(
     if array is volume.array:
         array = array.copy()  # only skipped records: still hand back a volume of its own
     if covered is not None:
+        if array.dtype.kind in "biu" and not float(fill).is_integer():
+            raise TransformError(f"invert: fill {fill} cannot be stored in the result's {array.dtype} voxels")
         array[~covered] = fill
     return volume.evolve(array=array, affine=np.array(undone[0].source_affine), history=kept)

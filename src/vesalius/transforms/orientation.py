@@ -30,12 +30,12 @@ _LETTERS: dict[str, tuple[int, float]] = {
 
 def _parse_code(code: str) -> tuple[tuple[int, float], ...]:
     letters = code.upper() if isinstance(code, str) else ""
-    axes = [_LETTERS.get(letter) for letter in letters]
-    if len(letters) != 3 or any(a is None for a in axes) or len({a[0] for a in axes if a}) != 3:
+    parsed = [_LETTERS[letter] for letter in letters if letter in _LETTERS]
+    if len(letters) != 3 or len(parsed) != 3 or len({axis for axis, _ in parsed}) != 3:
         raise TransformError(
             f"orientation code must name one of L/R, one of P/A and one of S/I, e.g. 'LPS' or 'RAS'; got {code!r}"
         )
-    return tuple(a for a in axes if a is not None)
+    return tuple(parsed)
 
 
 def canonical_plan(
@@ -62,7 +62,7 @@ def reorient_array(array: npt.NDArray[Any], perm: Sequence[int], flips: Sequence
     """Permute then flip the spatial axes; a channel axis stays last. Returns a fresh array."""
     moved = np.transpose(array, (*perm, *range(3, array.ndim)))
     flipped = tuple(axis for axis in range(3) if flips[axis])
-    return np.ascontiguousarray(np.flip(moved, axis=flipped) if flipped else moved)
+    return np.array(np.flip(moved, axis=flipped) if flipped else moved, order="C")
 
 
 def unreorient_array(array: npt.NDArray[Any], perm: Sequence[int], flips: Sequence[bool]) -> npt.NDArray[Any]:
@@ -70,7 +70,7 @@ def unreorient_array(array: npt.NDArray[Any], perm: Sequence[int], flips: Sequen
     flipped = tuple(axis for axis in range(3) if flips[axis])
     unflipped = np.flip(array, axis=flipped) if flipped else array
     inverse = np.argsort(perm).tolist()
-    return np.ascontiguousarray(np.transpose(unflipped, (*inverse, *range(3, array.ndim))))
+    return np.array(np.transpose(unflipped, (*inverse, *range(3, array.ndim))), order="C")
 
 
 def reoriented_affine(

@@ -76,7 +76,7 @@ def resample_to_grid(
     Any direction is allowed, so this also reslices obliquely. Target voxels outside the input's field of
     view take ``fill`` (give -1024 for CT air).
     """
-    target_shape = int_triple(list(shape), "shape", minimum=1)
+    target_shape = int_triple(shape, "shape", minimum=1)
     target_affine = _checked_affine(affine)
     order = spline_order(interpolation)
     fill_value = float(fill)

@@ -19,7 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from vesalius.core.errors import NoDicomFoundError
+from vesalius.core.errors import NoDicomFoundError, NotDicomError
+from vesalius.core.volume import orientation_code
 from vesalius.io.dicom.frames import Frame, frames_of, sop_instance_uid
 from vesalius.io.dicom.geometry import GeometryProblem, StackGeometry, stack_geometry
 
@@ -61,12 +62,7 @@ class SeriesInfo:
 
     @property
     def orientation(self) -> str:
-        letters = (("L", "R"), ("P", "A"), ("S", "I"))
-        code = ""
-        for axis in self.geometry.affine[:3, :3].T:
-            dominant = int(np.argmax(np.abs(axis)))
-            code += letters[dominant][0 if axis[dominant] > 0 else 1]
-        return code
+        return orientation_code(self.geometry.affine[:3, :3] / np.linalg.norm(self.geometry.affine[:3, :3], axis=0))
 
     @property
     def problems(self) -> list[str]:
@@ -106,25 +102,44 @@ def _walk(root: Path) -> Iterator[Path]:
             yield Path(folder) / name
 
 
-def _read_header(path: Path) -> Dataset | SkippedFile:
+@dataclass(frozen=True)
+class _Header:
+    dataset: Dataset
+    pixel_data_offset: int | None
+
+
+_PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
+
+
+def _parse(path: Path, force: bool = False) -> _Header:
+    """Parse up to the pixel data; remember where it starts, so native pixels need no second parse."""
+    with open(path, "rb") as file:
+        dataset = pydicom.dcmread(file, stop_before_pixels=True, force=force)
+        offset = file.tell()
+        offset_valid = file.read(4) in _PIXEL_DATA_TAGS
+    return _Header(dataset, offset if offset_valid else None)
+
+
+def _read_header(path: Path) -> _Header | SkippedFile:
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        header = _parse(path)
     except InvalidDicomError:
         try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            header = _parse(path, force=True)
         except Exception:
             return SkippedFile(path, "not a DICOM file")
-        if "SOPClassUID" not in dataset or "Rows" not in dataset:
+        if "SOPClassUID" not in header.dataset or "Rows" not in header.dataset:
             return SkippedFile(path, "not a DICOM file (no DICOM preamble or image attributes)")
     except Exception as error:  # truncated header, broken value lengths, unreadable file
         return SkippedFile(path, f"unreadable DICOM ({type(error).__name__}: {error})")
+    dataset = header.dataset
     sop_class = str(dataset.get("SOPClassUID", ""))
     if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in dataset:
         return SkippedFile(path, "DICOMDIR (media directory), not an image")
     if "Rows" not in dataset or "Columns" not in dataset:
         name = UID(sop_class).name if sop_class else "unknown SOP class"
         return SkippedFile(path, f"no pixel data ({name})")
-    return dataset
+    return header
 
 
 def _series_key(dataset: Dataset) -> tuple[str, str]:
@@ -133,11 +148,11 @@ def _series_key(dataset: Dataset) -> tuple[str, str]:
     )
 
 
-def _series_info(study_uid: str, series_uid: str, headers: list[tuple[Path, Dataset]]) -> SeriesInfo:
+def _series_info(study_uid: str, series_uid: str, headers: list[tuple[Path, _Header]]) -> SeriesInfo:
     frames: list[Frame] = []
-    for path, dataset in headers:
-        frames.extend(frames_of(dataset, path))
-    first = headers[0][1]
+    for path, header in headers:
+        frames.extend(frames_of(header.dataset, path, header.pixel_data_offset))
+    first = headers[0][1].dataset
     try:
         geometry = stack_geometry(frames)
     except Exception as error:
@@ -178,23 +193,25 @@ def scan(path: Path | str, workers: int = 1) -> ScanReport:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             headers = list(pool.map(_read_header, paths))
     skipped = [h for h in headers if isinstance(h, SkippedFile)]
-    grouped: dict[tuple[str, str], list[tuple[Path, Dataset]]] = defaultdict(list)
+    grouped: dict[tuple[str, str], list[tuple[Path, _Header]]] = defaultdict(list)
     duplicates: set[str] = set()
     for file_path, header in zip(paths, headers, strict=True):
         if isinstance(header, SkippedFile):
             continue
-        sop = sop_instance_uid(header, file_path)
+        sop = sop_instance_uid(header.dataset, file_path)
         if sop in duplicates:
             skipped.append(SkippedFile(file_path, f"repeats SOP Instance UID {sop} already read"))
             continue
         duplicates.add(sop)
-        grouped[_series_key(header)].append((file_path, header))
+        grouped[_series_key(header.dataset)].append((file_path, header))
     if not grouped:
+        if root.is_file() and skipped:
+            raise NotDicomError(root, skipped[0].reason)
         reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in skipped[:5])
         raise NoDicomFoundError(f"{root}: no DICOM image found among {len(paths)} files ({reasons})")
     studies: dict[str, StudyInfo] = {}
     for (study_uid, series_uid), members in grouped.items():
-        first = members[0][1]
+        first = members[0][1].dataset
         study = studies.setdefault(
             study_uid,
             StudyInfo(study_uid, str(first.get("StudyDate", "")), str(first.get("StudyDescription", ""))),

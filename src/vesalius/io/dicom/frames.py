@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,12 @@ class Frame:
     intercept: float
     instance_number: int | None
     transfer_syntax_uid: str
+    bits_allocated: int = 16
+    bits_stored: int = 16
+    pixel_representation: int = 0
+    """0 unsigned, 1 two's complement."""
+    pixel_data_offset: int | None = None
+    """Byte offset of the Pixel Data element in the file, for reading native pixels without a second parse."""
 
     @property
     def row_direction(self) -> npt.NDArray[np.float64]:
@@ -59,6 +68,34 @@ def _floats(value: Any, count: int) -> Any:
     except (TypeError, ValueError):
         return None
     return numbers if len(numbers) == count else None
+
+
+def _decimals(dataset: Dataset, keyword: str) -> list[float] | None:
+    """A DS/IS attribute's numbers, parsed from the raw bytes when pydicom has not converted them yet.
+
+    pydicom's DSfloat conversion dominates header reading for a CT series; this skips it.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in dataset:
+        return None
+    element = dataset.get_item(tag)
+    value = element.value
+    if isinstance(element, RawDataElement) and isinstance(value, bytes):
+        text = value.decode("ascii", "replace").strip(" \x00")
+        parts = text.split("\\") if text else []
+    elif value is None or value == "":
+        parts = []
+    else:
+        parts = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+    try:
+        return [float(part) for part in parts] if parts else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _decimal(dataset: Dataset, keyword: str) -> float | None:
+    values = _decimals(dataset, keyword)
+    return values[0] if values else None
 
 
 def _float(value: Any) -> float | None:
@@ -95,6 +132,11 @@ def _group_value(shared: Dataset | None, per_frame: Dataset | None, sequence: st
     return None
 
 
+def _instance_number(dataset: Dataset) -> int | None:
+    number = _decimal(dataset, "InstanceNumber")
+    return None if number is None else int(number)
+
+
 def sop_instance_uid(dataset: Dataset, path: Path) -> str:
     """The SOP Instance UID, from the file meta when the data set lacks it (as some anonymisers leave it)."""
     uid = str(dataset.get("SOPInstanceUID", "") or "")
@@ -103,29 +145,34 @@ def sop_instance_uid(dataset: Dataset, path: Path) -> str:
     return uid or f"file:{path}"
 
 
-def frames_of(dataset: Dataset, path: Path) -> list[Frame]:
+def frames_of(dataset: Dataset, path: Path, pixel_data_offset: int | None = None) -> list[Frame]:
     """All frames of one DICOM instance, with geometry taken from functional groups when present."""
     number_of_frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    bits_allocated = int(dataset.get("BitsAllocated", 16) or 16)
     common: dict[str, Any] = {
         "path": path,
         "sop_instance_uid": sop_instance_uid(dataset, path),
         "rows": int(dataset.Rows),
         "columns": int(dataset.Columns),
         "samples_per_pixel": int(dataset.get("SamplesPerPixel", 1) or 1),
-        "instance_number": int(dataset.InstanceNumber) if dataset.get("InstanceNumber") is not None else None,
+        "instance_number": _instance_number(dataset),
         "transfer_syntax_uid": str(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")),
-        "spacing_between_slices": _float(dataset.get("SpacingBetweenSlices")),
+        "spacing_between_slices": _decimal(dataset, "SpacingBetweenSlices"),
+        "bits_allocated": bits_allocated,
+        "bits_stored": int(dataset.get("BitsStored", bits_allocated) or bits_allocated),
+        "pixel_representation": int(dataset.get("PixelRepresentation", 0) or 0),
+        "pixel_data_offset": pixel_data_offset,
     }
-    top_spacing = dataset.get("PixelSpacing") or dataset.get("ImagerPixelSpacing")
+    top_spacing = _decimals(dataset, "PixelSpacing") or _decimals(dataset, "ImagerPixelSpacing")
     if "PerFrameFunctionalGroupsSequence" not in dataset and "SharedFunctionalGroupsSequence" not in dataset:
         frame = {
             **common,
-            "position": _floats(dataset.get("ImagePositionPatient"), 3),
-            "orientation": _floats(dataset.get("ImageOrientationPatient"), 6),
+            "position": _floats(_decimals(dataset, "ImagePositionPatient"), 3),
+            "orientation": _floats(_decimals(dataset, "ImageOrientationPatient"), 6),
             "pixel_spacing": _floats(top_spacing, 2),
-            "slice_thickness": _float(dataset.get("SliceThickness")),
-            "slope": _first_number(dataset.get("RescaleSlope"), default=1.0),
-            "intercept": _first_number(dataset.get("RescaleIntercept"), default=0.0),
+            "slice_thickness": _decimal(dataset, "SliceThickness"),
+            "slope": _first_number(_decimal(dataset, "RescaleSlope"), default=1.0),
+            "intercept": _first_number(_decimal(dataset, "RescaleIntercept"), default=0.0),
         }
         if number_of_frames == 1:
             return [Frame(frame_index=None, **frame)]
@@ -148,8 +195,8 @@ def frames_of(dataset: Dataset, path: Path) -> list[Frame]:
                 ),
                 pixel_spacing=_floats(spacing, 2),
                 slice_thickness=_float(_group_value(shared, per_frame, "PixelMeasuresSequence", "SliceThickness")),
-                slope=_first_number(slope, dataset.get("RescaleSlope"), default=1.0),
-                intercept=_first_number(intercept, dataset.get("RescaleIntercept"), default=0.0),
+                slope=_first_number(slope, _decimal(dataset, "RescaleSlope"), default=1.0),
+                intercept=_first_number(intercept, _decimal(dataset, "RescaleIntercept"), default=0.0),
                 **common,
             )
         )
