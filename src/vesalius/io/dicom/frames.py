@@ -6,6 +6,7 @@ themselves can be dropped after discovery.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,23 @@ def _decimals(dataset: Dataset, keyword: str) -> list[float] | None:
         return None
 
 
+def _unsigned_short(dataset: Dataset, keyword: str) -> int | None:
+    """A US attribute, unpacked from the raw bytes when pydicom has not converted it yet."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in dataset:
+        return None
+    element = dataset.get_item(tag)
+    value = element.value
+    if isinstance(element, RawDataElement) and isinstance(value, bytes):
+        if len(value) < 2:
+            return None
+        little_endian = dataset.original_encoding[1] is not False
+        return int(struct.unpack("<H" if little_endian else ">H", value[:2])[0])
+    if isinstance(value, list | tuple | MultiValue):
+        value = value[0] if value else None
+    return None if value is None or value == "" else int(value)
+
+
 def _decimal(dataset: Dataset, keyword: str) -> float | None:
     values = _decimals(dataset, keyword)
     return values[0] if values else None
@@ -137,9 +155,21 @@ def _instance_number(dataset: Dataset) -> int | None:
     return None if number is None else int(number)
 
 
+def uid_value(dataset: Dataset, keyword: str) -> str:
+    """A UI attribute as text, read from the raw bytes when pydicom has not converted it yet."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in dataset:
+        return ""
+    element = dataset.get_item(tag)
+    value = element.value
+    if isinstance(element, RawDataElement) and isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip(" \x00")
+    return "" if value is None else str(value)
+
+
 def sop_instance_uid(dataset: Dataset, path: Path) -> str:
     """The SOP Instance UID, from the file meta when the data set lacks it (as some anonymisers leave it)."""
-    uid = str(dataset.get("SOPInstanceUID", "") or "")
+    uid = uid_value(dataset, "SOPInstanceUID")
     if not uid and hasattr(dataset, "file_meta"):
         uid = str(dataset.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
     return uid or f"file:{path}"
@@ -147,20 +177,20 @@ def sop_instance_uid(dataset: Dataset, path: Path) -> str:
 
 def frames_of(dataset: Dataset, path: Path, pixel_data_offset: int | None = None) -> list[Frame]:
     """All frames of one DICOM instance, with geometry taken from functional groups when present."""
-    number_of_frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    bits_allocated = int(dataset.get("BitsAllocated", 16) or 16)
+    number_of_frames = int(_decimal(dataset, "NumberOfFrames") or 1)
+    bits_allocated = _unsigned_short(dataset, "BitsAllocated") or 16
     common: dict[str, Any] = {
         "path": path,
         "sop_instance_uid": sop_instance_uid(dataset, path),
-        "rows": int(dataset.Rows),
-        "columns": int(dataset.Columns),
-        "samples_per_pixel": int(dataset.get("SamplesPerPixel", 1) or 1),
+        "rows": _unsigned_short(dataset, "Rows") or 0,
+        "columns": _unsigned_short(dataset, "Columns") or 0,
+        "samples_per_pixel": _unsigned_short(dataset, "SamplesPerPixel") or 1,
         "instance_number": _instance_number(dataset),
         "transfer_syntax_uid": str(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")),
         "spacing_between_slices": _decimal(dataset, "SpacingBetweenSlices"),
         "bits_allocated": bits_allocated,
-        "bits_stored": int(dataset.get("BitsStored", bits_allocated) or bits_allocated),
-        "pixel_representation": int(dataset.get("PixelRepresentation", 0) or 0),
+        "bits_stored": _unsigned_short(dataset, "BitsStored") or bits_allocated,
+        "pixel_representation": _unsigned_short(dataset, "PixelRepresentation") or 0,
         "pixel_data_offset": pixel_data_offset,
     }
     top_spacing = _decimals(dataset, "PixelSpacing") or _decimals(dataset, "ImagerPixelSpacing")

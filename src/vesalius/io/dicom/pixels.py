@@ -71,8 +71,13 @@ def _pixel_data_length(header: bytes, syntax: str, path: Path) -> tuple[int, int
     raise NotDicomError(path, f"malformed Pixel Data element header {header!r}")
 
 
-def _read_native(path: Path, frame: Frame, frames_in_file: int) -> npt.NDArray[Any]:
-    """All frames of one native file as (frames, rows, columns), read with one seek and one read."""
+def _read_native(
+    path: Path, frame: Frame, frames_in_file: int, out: npt.NDArray[Any] | None = None
+) -> npt.NDArray[Any]:
+    """All frames of one native file as (frames, rows, columns), read with one seek and one read.
+
+    ``out``, when given, is a C-contiguous buffer of the stored dtype that receives the bytes directly.
+    """
     dtype = stored_dtype(frame)
     count = frames_in_file * frame.rows * frame.columns
     expected = count * dtype.itemsize
@@ -85,7 +90,7 @@ def _read_native(path: Path, frame: Frame, frames_in_file: int) -> npt.NDArray[A
                 path, _syntax_name(frame.transfer_syntax_uid), "encapsulated data in a native syntax"
             )
         file.seek(frame.pixel_data_offset + size)
-        pixels = np.empty(count, dtype=dtype)
+        pixels = np.empty(count, dtype=dtype) if out is None else out.reshape(count)
         got = file.readinto(pixels.data.cast("B"))
     if got < expected or length < expected:
         raise NotDicomError(path, f"truncated: Pixel Data holds {min(got, length)} bytes, {expected} expected")
@@ -186,7 +191,19 @@ def read_stack(frames: Sequence[Frame], order: Sequence[int], workers: int | Non
 
     def load(path: Path) -> None:
         members = by_file[path]
-        pixels = stored_frames(path, members[0][1], frames_per_file[path])
+        first_k, frame = members[0]
+        direct = (
+            frames_per_file[path] == 1
+            and (frame.rows, frame.columns) == shape[1:]
+            and _native_direct(frame)
+            and stored_dtype(frame) == stack.dtype
+            and frame.transfer_syntax_uid != EXPLICIT_BIG
+            and not (frame.pixel_representation == 1 and frame.bits_stored < frame.bits_allocated)
+        )
+        if direct:  # the file's bytes go straight into their slice of the stack
+            _read_native(path, frame, 1, out=stack[first_k])
+            return
+        pixels = stored_frames(path, frame, frames_per_file[path])
         for k, frame in members:
             plane = pixels[frame.frame_index or 0]
             if plane.shape != shape[1:]:
