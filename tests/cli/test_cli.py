@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -145,3 +146,23 @@ def test_wrong_output_suffix(tmp_path: Path) -> None:
     code, output = invoke("convert", series.folder, tmp_path / "out.png")
     assert code == 2
     assert ".nii or .nii.gz" in output
+
+
+def test_info_json_is_machine_readable(tmp_path: Path) -> None:
+    series = write_series(tmp_path / "ct", random_values((6, 7, 5)), axial())
+    write_series(tmp_path / "gap", random_values((4, 4, 6)), axial(), skip_slices=[2], study_uid=series.study_uid)
+    write_text_file(tmp_path / "notes.txt")
+    code, output = invoke("info", tmp_path, "--json")
+    assert code == 0
+    document = json.loads(output)
+    (study,) = document["studies"]
+    assert study["study_instance_uid"] == series.study_uid
+    by_uid = {s["series_instance_uid"]: s for s in study["series"]}
+    ct = by_uid[series.series_uid]
+    assert ct["shape"] == [6, 7, 5]
+    assert ct["spacing_mm"] == [0.7, 0.8, 2.5]
+    assert ct["readable"] is True
+    gapped = next(s for uid, s in by_uid.items() if uid != series.series_uid)
+    assert gapped["readable"] is False
+    assert any("missing slices" in p for p in gapped["problems"])
+    assert [Path(s["path"]).name for s in document["skipped"]] == ["notes.txt"]

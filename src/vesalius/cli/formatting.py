@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vesalius.core.volume import Volume
 from vesalius.io.dicom import ScanReport, SeriesInfo
@@ -48,3 +49,48 @@ def format_volume(volume: Volume, path: Path) -> str:
         f"  dtype {volume.array.dtype}; origin (LPS) {origin} mm; "
         f"value range {volume.array.min():.6g} to {volume.array.max():.6g}"
     )
+
+
+def _series_summary(series: SeriesInfo) -> dict[str, Any]:
+    return {
+        "series_instance_uid": series.series_instance_uid,
+        "series_number": series.series_number,
+        "modality": series.modality,
+        "description": series.description,
+        "files": len(series.files),
+        "frames": len(series.frames),
+        "shape": list(series.shape),
+        "spacing_mm": [round(v, 6) for v in series.spacing],
+        "orientation": series.orientation,
+        "transfer_syntaxes": series.transfer_syntaxes,
+        "problems": series.problems,
+        "readable": not series.geometry.blocking_problems,
+    }
+
+
+def scan_summary(report: ScanReport) -> dict[str, Any]:
+    """The scan as plain data, for scripts and hospital IT tooling (`vesalius info --json`)."""
+    return {
+        "root": str(report.root),
+        "studies": [
+            {
+                "study_instance_uid": study.study_instance_uid,
+                "study_date": study.study_date,
+                "description": study.description,
+                "series": [_series_summary(s) for s in study.series],
+            }
+            for study in report.studies
+        ],
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
+    }
+
+
+def volume_summary(volume: Volume, path: Path) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "shape": list(volume.shape),
+        "spacing_mm": [round(float(v), 6) for v in volume.spacing],
+        "origin_lps_mm": [round(float(v), 6) for v in volume.origin],
+        "orientation": volume.orientation,
+        "dtype": str(volume.array.dtype),
+    }

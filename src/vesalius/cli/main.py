@@ -6,6 +6,7 @@ traceback; set VESALIUS_DEBUG=1 to see the traceback of an unexpected failure.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from vesalius import __version__
-from vesalius.cli.formatting import format_scan, format_volume
+from vesalius.cli.formatting import format_scan, format_volume, scan_summary, volume_summary
 from vesalius.core.errors import VesaliusError
 
 app = typer.Typer(
@@ -71,6 +72,7 @@ def main(
 def info(
     path: Annotated[Path, typer.Argument(help="A DICOM file or folder (any depth), or a NIfTI/NRRD/MHA file.")],
     show_skipped: Annotated[int, typer.Option(help="How many skipped files to list with their reason.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
 ) -> None:
     """List the studies and series found (modality, size, spacing, orientation) and every problem seen."""
     from vesalius.io.dicom import scan
@@ -79,9 +81,11 @@ def info(
     from vesalius.io.read import read_volume
 
     if path.is_file() and (is_nifti(path) or is_itk_image(path)):
-        typer.echo(format_volume(read_volume(path), path))
+        volume = read_volume(path)
+        typer.echo(json.dumps(volume_summary(volume, path), indent=2) if as_json else format_volume(volume, path))
         return
-    typer.echo(format_scan(scan(path), show_skipped=show_skipped))
+    report = scan(path)
+    typer.echo(json.dumps(scan_summary(report), indent=2) if as_json else format_scan(report, show_skipped))
 
 
 @app.command()
