@@ -31,7 +31,7 @@ contracts: setup
 	$(BIN)/lint-imports
 
 pytest: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --cov=vesalius --cov-report=term:skip-covered --cov-fail-under=90
 
 test: lint typecheck contracts pytest
 
