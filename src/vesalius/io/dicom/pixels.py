@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -211,7 +212,8 @@ def read_stack(frames: Sequence[Frame], order: Sequence[int], workers: int | Non
                 raise PixelDecodeError(path, syntax, f"frame shape {plane.shape}, expected {shape[1:]}")
             stack[k] = plane
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        warnings.simplefilter("ignore", UserWarning)  # pydicom's remarks on odd but decodable data
         list(pool.map(load, list(by_file)))
     ordered = [frames[i] for i in order]
     result = _rescaled(stack, ordered)
