@@ -19,6 +19,8 @@ from vesalius.io.dicom.frames import Frame
 
 ORIENTATION_TOLERANCE = 1e-3
 """Largest difference between direction cosines still taken as the same orientation."""
+DUPLICATE_POSITION_MM = 1e-3
+"""Slices closer than this along the normal are taken as the same position."""
 TILT_TOLERANCE_DEGREES = 0.01
 BLOCKING_KINDS = frozenset(
     {
@@ -83,7 +85,8 @@ def _size_and_orientation_problems(frames: Sequence[Frame]) -> list[GeometryProb
     oriented = [f for f in frames if f.orientation is not None]
     if oriented:
         reference = np.asarray(oriented[0].orientation)
-        different = [f for f in oriented if np.max(np.abs(np.asarray(f.orientation) - reference)) > 1e-3]
+        deviations = [np.max(np.abs(np.asarray(f.orientation) - reference)) for f in oriented]
+        different = [f for f, d in zip(oriented, deviations, strict=True) if d > ORIENTATION_TOLERANCE]
         if different:
             problems.append(
                 GeometryProblem(
@@ -135,7 +138,7 @@ def _spacing_problems(
 ) -> list[GeometryProblem]:
     steps = np.diff(distances)
     problems = []
-    repeated = int(np.sum(steps < 1e-3))
+    repeated = int(np.sum(steps < DUPLICATE_POSITION_MM))
     if repeated:
         problems.append(
             GeometryProblem(

@@ -1,0 +1,1 @@
+"""Task engines: how each task type is planned, trained, predicted and evaluated."""
