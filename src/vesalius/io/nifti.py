@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from vesalius.core.errors import InputError
@@ -20,6 +19,8 @@ def is_nifti(path: Path) -> bool:
 
 def read_nifti(path: Path | str) -> Volume:
     """A NIfTI image as a Volume; the sform is used when set, else the qform (nibabel's choice)."""
+    import nibabel as nib  # imported on use: it costs a fifth of a second at start-up
+
     file = Path(path)
     try:
         image: Any = nib.load(file)
@@ -36,6 +37,8 @@ def read_nifti(path: Path | str) -> Volume:
 
 def write_nifti(volume: Volume, path: Path | str) -> Path:
     """Write voxels and geometry; sform and qform both carry the affine (code 1, scanner anatomical)."""
+    import nibabel as nib
+
     file = Path(path)
     if not is_nifti(file):
         raise InputError(f"{file}: a NIfTI output name must end in .nii or .nii.gz")

@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from vesalius.core.errors import SeriesGeometryError, SeriesSelectionError
 from vesalius.core.volume import DicomIdentity, Volume
@@ -44,6 +43,8 @@ def _untilt(stack: npt.NDArray[Any], geometry: StackGeometry) -> tuple[npt.NDArr
     part of the slice step; undoing that shift with linear interpolation is exact for the geometry, as
     dcm2niix does it.
     """
+    from scipy import ndimage  # only tilted series need it; keeps `vesalius info` quick to start
+
     affine = geometry.affine.copy()
     spacing_i = float(np.linalg.norm(affine[:3, 0]))
     spacing_j = float(np.linalg.norm(affine[:3, 1]))
