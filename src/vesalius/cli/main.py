@@ -113,5 +113,35 @@ def convert(
         typer.echo(f"note: resampled for a gantry tilt of {volume.metadata['gantry_tilt_degrees']:.2f} degrees")
 
 
+@app.command()
+@friendly_errors
+def plan(
+    dataset: Annotated[
+        Path, typer.Argument(help="A dataset in the Medical Segmentation Decathlon layout (dataset.json).")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Plan file to write [default: ./<dataset name>.plan.json].")
+    ] = None,
+    memory_budget_gb: Annotated[float, typer.Option(help="GPU memory the patch and batch size must fit.")] = 8.0,
+    workers: Annotated[int, typer.Option(help="Processes reading cases for the fingerprint.")] = 1,
+) -> None:
+    """Fingerprint a segmentation dataset and write the plan derived from it (a readable, editable JSON file)."""
+    from vesalius.engines.common.plan import plan_dataset
+
+    fingerprint, derived = plan_dataset(dataset, memory_budget_gb=memory_budget_gb, workers=workers)
+    plan_file = output or Path(f"{derived.dataset_name}.plan.json")
+    derived.save(plan_file)
+    fingerprint_file = plan_file.parent / f"{derived.dataset_name}.fingerprint.json"
+    fingerprint_file.write_text(fingerprint.model_dump_json(indent=2) + "\n")
+    spacing = " x ".join(f"{v:.4g}" for v in derived.target_spacing)
+    patch = " x ".join(str(v) for v in derived.patch_size)
+    typer.echo(
+        f"{derived.dataset_name}: {len(fingerprint.cases)} cases, {derived.num_classes} classes; "
+        f"target spacing {spacing} mm; patch {patch}; batch {derived.batch_size}; "
+        f"{len(derived.network.strides)} resolution stages"
+    )
+    typer.echo(f"wrote {plan_file} and {fingerprint_file}")
+
+
 def run() -> None:  # pragma: no cover - console entry point alias
     sys.exit(app())

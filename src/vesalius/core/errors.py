@@ -62,3 +62,36 @@ class SeriesSelectionError(InputError):
 
 class TransformError(VesaliusError):
     """A transform was asked for something its input cannot give."""
+
+
+class PackageError(VesaliusError):
+    """A model package cannot be written or read as asked (bad manifest, unsupported schema, refused overwrite)."""
+
+
+class PackageIntegrityError(PackageError):
+    """A model package's files or manifest differ from the hashes it was saved with."""
+
+    def __init__(self, folder: Path | str, problems: Sequence[str]) -> None:
+        self.folder = Path(folder)
+        self.problems = list(problems)
+        super().__init__(f"{self.folder}: model package failed verification: " + "; ".join(self.problems))
+
+
+class UnsafePackageError(PackageError):
+    """A folder offers pickled weights, which Vesalius never loads because unpickling can run arbitrary code."""
+
+
+class DatasetError(InputError):
+    """A training dataset's layout or contents cannot be used (dataset.json, missing files, channel count)."""
+
+
+class LabelValueError(DatasetError):
+    """A label image holds values that dataset.json does not declare."""
+
+
+class GridMismatchError(DatasetError):
+    """An image and its label (or two channels of one case) do not sample the same grid."""
+
+
+class PlanFileError(InputError):
+    """A plan file cannot be read or does not validate; the message names the file and the field."""
