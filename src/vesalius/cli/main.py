@@ -143,5 +143,24 @@ def plan(
     typer.echo(f"wrote {plan_file} and {fingerprint_file}")
 
 
+@app.command()
+@friendly_errors
+def evaluate(
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps (NIfTI, NRRD, MHA).")],
+    references: Annotated[Path, typer.Argument(help="Folder of reference label maps with the same file names.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder for evaluation.json and evaluation.md.")
+    ] = None,
+    tolerance_mm: Annotated[float, typer.Option(help="Surface Dice tolerance in millimetres.")] = 1.0,
+) -> None:
+    """Per-class Dice, HD95 and surface Dice per case, with mean, sd and bootstrap 95% CI per class."""
+    from vesalius.engines.common.evaluate import evaluate_folders
+
+    report = evaluate_folders(predictions, references, tolerance_mm=tolerance_mm, output=output)
+    typer.echo(report.to_table())
+    if output is not None:
+        typer.echo(f"wrote {output / 'evaluation.json'} and {output / 'evaluation.md'}")
+
+
 def run() -> None:  # pragma: no cover - console entry point alias
     sys.exit(app())

@@ -95,3 +95,7 @@ class GridMismatchError(DatasetError):
 
 class PlanFileError(InputError):
     """A plan file cannot be read or does not validate; the message names the file and the field."""
+
+
+class EvaluationError(InputError):
+    """Predictions and references cannot be evaluated as given (empty folder, duplicate case, other grid)."""
