@@ -1,0 +1,1 @@
+"""Segmentation engine: preprocessing, patch sampling, training and sliding-window prediction."""

@@ -1,0 +1,238 @@
+"""Segmentation inference: sliding window, mirror TTA, fold ensemble, and mapping back to the input grid.
+
+A prediction is returned on exactly the input volume's grid (same shape, same affine), DESIGN principle 1:
+the model-space probabilities are sampled back with ``vesalius.transforms.invert`` through the resample
+that ``preprocess_image`` recorded.
+
+Memory, for K classes, C input channels, N model-space voxels and M input voxels (float32): the
+preprocessed image (C*N), the ensemble sum of probabilities (K*N), one fold's sliding-window output plus
+MONAI's aggregation buffers (about 2*(K+1)*N, on CPU, released after each fold), then per class one channel
+on the input grid (M) plus the running maximum (M) and the label map (M). ``predict`` therefore never holds
+more than one input-grid probability map at a time; ``predict_probabilities`` holds all K (K*M).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.inferers.utils import sliding_window_inference
+from scipy import ndimage
+
+from vesalius.core.errors import InputError
+from vesalius.core.volume import Volume
+from vesalius.engines.common.package import ModelPackage, load_package
+from vesalius.engines.common.plan import SegmentationPlan
+from vesalius.engines.segmentation.preprocess import preprocess_image
+from vesalius.io import read_volume, write_nifti
+from vesalius.io.nifti import is_nifti
+from vesalius.transforms import invert
+
+__all__ = ["Predictor", "keep_largest_component", "predict_files", "sliding_window_logits"]
+
+
+def _mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every combination of the spatial axes, the empty one included (8 for three axes, as nnU-Net)."""
+    axes = sorted(set(int(a) for a in mirror_axes))
+    if any(a not in (0, 1, 2) for a in axes):
+        raise InputError(f"mirror_axes must be spatial axes 0, 1 or 2; got {list(mirror_axes)}")
+    return [combo for n in range(len(axes) + 1) for combo in itertools.combinations(axes, n)]
+
+
+def sliding_window_logits(
+    network: torch.nn.Module,
+    image: torch.Tensor,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    gaussian: bool = True,
+    mirror_axes: Sequence[int] = (),
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Softmax probabilities (1, K, i, j, k) of ``image`` (1, C, i, j, k), averaged over mirrored copies.
+
+    Patches run on ``device``; the whole-volume output stays on the CPU so only patches occupy the GPU.
+    Inputs smaller than the patch are padded by MONAI and cropped back. Each mirrored copy is aggregated
+    as logits (Gaussian-weighted, so patch borders count less) and turned into softmax before averaging.
+    """
+    if image.ndim != 5 or image.shape[0] != 1:
+        raise InputError(f"image must be a (1, C, i, j, k) tensor; got shape {tuple(image.shape)}")
+    network.eval()
+    mode = "gaussian" if gaussian else "constant"
+    total: torch.Tensor | None = None
+    combos = _mirror_sets(mirror_axes)
+    with torch.inference_mode():
+        for combo in combos:
+            dims = [axis + 2 for axis in combo]
+            source = torch.flip(image, dims) if dims else image
+            logits = sliding_window_inference(
+                source,
+                roi_size=tuple(int(p) for p in patch_size),
+                sw_batch_size=sw_batch_size,
+                predictor=network,
+                overlap=overlap,
+                mode=mode,
+                sw_device=device,
+                device="cpu",
+            )
+            if not isinstance(logits, torch.Tensor):
+                raise TypeError(f"the network must return one tensor in eval mode; got {type(logits).__name__}")
+            probabilities = torch.softmax(logits.float(), dim=1)
+            del logits
+            if dims:
+                probabilities = torch.flip(probabilities, dims)
+            total = probabilities if total is None else total.add_(probabilities)
+        assert total is not None
+        return total.div_(len(combos))  # an inference tensor: callers accumulate under inference_mode too
+
+
+def keep_largest_component(labels: npt.NDArray[Any], classes: Sequence[int]) -> npt.NDArray[Any]:
+    """Set all but the largest connected component (26-connectivity) of each listed class to background."""
+    result = labels.copy()
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for value in classes:
+        components, count = ndimage.label(labels == value, structure=structure)
+        if count <= 1:
+            continue
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        result[(components != 0) & (components != int(np.argmax(sizes)))] = 0
+    return result
+
+
+class Predictor:
+    """One or more trained folds of the same plan, ready to segment volumes on their own grid.
+
+    ``postprocessing`` maps class index -> keep only its largest connected component; it is a caller's
+    choice (e.g. from a cross-validation of post-processing), nothing in the package decides it today.
+    """
+
+    def __init__(
+        self,
+        packages: Sequence[ModelPackage] | ModelPackage,
+        device: str | torch.device = "cpu",
+        tta: bool = True,
+        overlap: float = 0.5,
+        sw_batch_size: int = 2,
+        gaussian: bool = True,
+        postprocessing: Mapping[int, bool] | None = None,
+    ) -> None:
+        folds = [packages] if isinstance(packages, ModelPackage) else list(packages)
+        if not folds:
+            raise InputError("Predictor needs at least one model package")
+        self.plans = [SegmentationPlan.model_validate(p.manifest.plan) for p in folds]
+        first = self.plans[0]
+        for package, plan in zip(folds[1:], self.plans[1:], strict=True):
+            same = (plan.target_spacing, plan.normalization, plan.num_classes) == (
+                first.target_spacing,
+                first.normalization,
+                first.num_classes,
+            )
+            if not same:
+                raise InputError(
+                    f"{package.folder}: target_spacing, normalization and num_classes must match the first "
+                    f"package ({folds[0].folder}) to ensemble; found {list(plan.target_spacing)}, "
+                    f"{plan.num_classes} classes vs {list(first.target_spacing)}, {first.num_classes} classes"
+                )
+        self.plan = first
+        self.device = torch.device(device)
+        self.tta, self.overlap, self.sw_batch_size, self.gaussian = tta, overlap, sw_batch_size, gaussian
+        self.postprocessing = dict(postprocessing or {})
+        self.networks: list[torch.nn.Module] = []
+        for package, plan in zip(folds, self.plans, strict=True):
+            network = plan.network.build()
+            network.load_state_dict(package.state_dict())  # safetensors: no unpickling
+            self.networks.append(network.to(self.device).eval())
+
+    def _model_space(self, volume: Volume) -> tuple[Volume, torch.Tensor]:
+        """The preprocessed image and the ensemble-mean probabilities (1, K, i, j, k) on its grid."""
+        prepared = preprocess_image(volume, self.plan)
+        image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.array, -1, 0)))[None]
+        total: torch.Tensor | None = None
+        with torch.inference_mode():
+            for network, plan in zip(self.networks, self.plans, strict=True):
+                mirror = plan.augmentation.mirror_axes if self.tta else ()
+                probabilities = sliding_window_logits(
+                    network,
+                    image,
+                    plan.patch_size,
+                    overlap=self.overlap,
+                    sw_batch_size=self.sw_batch_size,
+                    gaussian=self.gaussian,
+                    mirror_axes=mirror,
+                    device=self.device,
+                )
+                total = probabilities if total is None else total.add_(probabilities)
+            assert total is not None
+            return prepared, total.div_(len(self.networks))
+
+    def _input_grid_channels(self, volume: Volume) -> Iterator[npt.NDArray[np.float32]]:
+        """Each class's probability on the input grid, one at a time (linear sampling back)."""
+        prepared, probabilities = self._model_space(volume)
+        steps = len(prepared.history) - len(volume.history)  # undo only what preprocessing added
+        for channel in range(probabilities.shape[1]):
+            model_space = prepared.with_array(probabilities[0, channel].numpy())
+            back = invert(model_space, kind="label", interpolation="linear", steps=steps)
+            yield np.asarray(back.array, dtype=np.float32)
+
+    def predict_probabilities(self, volume: Volume) -> Volume:
+        """Class probabilities (i, j, k, K) float32 on the input grid; holds all K maps, see module notes."""
+        channels = list(self._input_grid_channels(volume))
+        return volume.with_array(np.stack(channels, axis=-1))
+
+    def predict(self, volume: Volume) -> Volume:
+        """The label map on exactly ``volume``'s grid: argmax of the ensemble, then optional post-processing."""
+        best: npt.NDArray[np.float32] | None = None
+        labels = np.zeros(volume.shape, dtype=np.uint8 if self.plan.num_classes <= 256 else np.int16)
+        for index, channel in enumerate(self._input_grid_channels(volume)):
+            if best is None:
+                best = channel
+                continue
+            better = channel > best  # ties keep the lower class, as argmax does
+            labels[better] = index
+            best = np.where(better, channel, best)
+        kept = [c for c, keep in sorted(self.postprocessing.items()) if keep]
+        if kept:
+            labels = keep_largest_component(labels, kept)
+        return volume.with_array(labels)
+
+
+def _output_name(source: Path) -> str:
+    """NIfTI inputs keep their file name; DICOM folders and other formats become ``<name>.nii.gz``."""
+    if source.is_file() and is_nifti(source):
+        return source.name
+    if source.is_dir():
+        return f"{source.name}.nii.gz"
+    return f"{source.name.split('.')[0]}.nii.gz"
+
+
+def predict_files(
+    package_dirs: Sequence[Path | str],
+    inputs: Sequence[Path | str],
+    output_dir: Path | str,
+    device: str | torch.device = "cpu",
+    tta: bool = True,
+    postprocessing: Mapping[int, bool] | None = None,
+) -> list[Path]:
+    """Segment each input (NIfTI/NRRD/MHA file or DICOM folder) and write a NIfTI label map per input.
+
+    The written geometry is the input's: the label map lies on the grid ``read_volume`` returned.
+    """
+    predictor = Predictor(
+        [load_package(folder) for folder in package_dirs], device=device, tta=tta, postprocessing=postprocessing
+    )
+    output = Path(output_dir)
+    sources = [Path(item) for item in inputs]
+    names = [_output_name(source) for source in sources]
+    if len(set(names)) != len(names):
+        raise InputError(f"inputs would overwrite each other's output in {output}: {sorted(names)}")
+    written: list[Path] = []
+    for source, name in zip(sources, names, strict=True):
+        labels = predictor.predict(read_volume(source))
+        written.append(write_nifti(labels, output / name))
+    return written
