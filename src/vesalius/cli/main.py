@@ -162,5 +162,62 @@ def evaluate(
         typer.echo(f"wrote {output / 'evaluation.json'} and {output / 'evaluation.md'}")
 
 
+@app.command()
+@friendly_errors
+def train(
+    dataset: Annotated[Path, typer.Argument(help="A segmentation dataset in the MSD layout (dataset.json).")],
+    fold: Annotated[str, typer.Option(help="Cross-validation fold 0..K-1, or 'all' to train on every case.")] = "0",
+    plan_file: Annotated[
+        Path | None, typer.Option("--plan", help="Plan to use [default: derive one and save OUTPUT/plan.json].")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, curves and packages.")] = Path(
+        "runs"
+    ),
+    epochs: Annotated[int | None, typer.Option(help="Override the plan's number of epochs.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Override the plan's iterations per epoch.")] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes (0: in the main process).")] = 0,
+    restart: Annotated[bool, typer.Option(help="Ignore an existing checkpoint instead of resuming it.")] = False,
+) -> None:
+    """Train one fold of a segmentation plan (resuming its checkpoint) and write a model package."""
+    from rich.progress import Progress
+
+    from vesalius.engines.common.plan import SegmentationPlan, plan_dataset
+    from vesalius.engines.segmentation.trainer import train_fold
+
+    if fold != "all" and not fold.isdigit():
+        raise typer.BadParameter(f"--fold must be a fold number or 'all', got {fold!r}")
+    chosen = None if fold == "all" else int(fold)
+    if plan_file is not None:
+        derived = SegmentationPlan.load(plan_file)
+    else:
+        _, derived = plan_dataset(dataset)
+        derived.save(output / "plan.json")
+    total = epochs or derived.training.epochs
+    with Progress(transient=False) as bar:
+        task = bar.add_task("training", total=total)
+
+        def report(record: dict[str, object]) -> None:
+            dice_scores = record.get("validation_dice")
+            shown = f", val Dice {dice_scores['mean']:.3f}" if isinstance(dice_scores, dict) else ""
+            bar.update(task, completed=int(str(record["epoch"])), description=f"loss {record['loss']:.3f}{shown}")
+
+        result = train_fold(
+            dataset,
+            derived,
+            chosen,
+            output,
+            device=device,
+            epochs=epochs,
+            iterations_per_epoch=iterations,
+            workers=workers,
+            resume=not restart,
+            progress=report,
+        )
+    best = ", ".join(f"{name} {value:.3f}" for name, value in result.best_dice.items())
+    typer.echo(f"trained {result.epochs} epochs; best epoch {result.best_epoch}: {best or 'no validation'}")
+    typer.echo(f"model package: {result.package}; curves: {result.curves}")
+
+
 def run() -> None:  # pragma: no cover - console entry point alias
     sys.exit(app())

@@ -99,3 +99,14 @@ class PlanFileError(InputError):
 
 class EvaluationError(InputError):
     """Predictions and references cannot be evaluated as given (empty folder, duplicate case, other grid)."""
+
+
+class DataLoadingError(VesaliusError):
+    """Building a training batch failed; the message names the case and the original error, even from a worker."""
+
+    def __init__(self, message: str, case_id: str | None = None) -> None:
+        self.case_id = case_id
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[DataLoadingError], tuple[str, str | None]]:
+        return (type(self), (str(self), self.case_id))

@@ -38,7 +38,7 @@ def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tens
     for param, entries in state_dict["state"].items():
         for name, value in entries.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{param}.{name}"] = value.detach().contiguous().cpu()
+                tensors[f"state.{param}.{name}"] = value.detach().cpu().clone()
             else:
                 scalars.setdefault(str(param), {})[name] = value
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
@@ -64,7 +64,8 @@ def save_checkpoint(
     """Write model, optimizer and JSON state atomically (state last)."""
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
-    weights = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    # cloned: networks such as DynUNet register one tensor under two names, which safetensors refuses
+    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     save_file(weights, str(target / f".{MODEL}.tmp"))
     _replace(target / f".{MODEL}.tmp", target / MODEL)
     tensors, meta = _flatten_optimizer(optimizer.state_dict())

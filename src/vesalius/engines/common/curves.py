@@ -25,10 +25,11 @@ def plot_curves(
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss", color="tab:blue")
     metric_axis = loss_axis.twinx()
-    for name, values in validation.items():
+    colours = ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    for index, (name, values) in enumerate(validation.items()):
         points = [(e, v) for e, v in zip(epochs, values, strict=False) if v is not None]
         if points:
-            metric_axis.plot(*zip(*points, strict=True), marker=".", label=name)
+            metric_axis.plot(*zip(*points, strict=True), marker=".", label=name, color=colours[index % len(colours)])
     metric_axis.set_ylabel("validation")
     metric_axis.set_ylim(0.0, 1.0)
     handles = loss_axis.get_legend_handles_labels()[0] + metric_axis.get_legend_handles_labels()[0]

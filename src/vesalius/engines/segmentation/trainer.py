@@ -1,0 +1,240 @@
+"""Training one fold (or all cases) of a segmentation plan: DynUNet, deep supervision, Dice + CE, SGD poly.
+
+The loop is deliberately small; what a task owns (data, network, loss, validation) comes from the plan, the
+sampler and the predictor. It resumes from its last checkpoint, validates with the same sliding window the
+predictor uses, records how long each step waited for data (so a starved GPU shows), and ends by writing a
+model package with the best weights, the plan, the metrics and the dataset fingerprint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses.dice import DiceCELoss
+from monai.losses.ds_loss import DeepSupervisionLoss
+from safetensors.torch import load_file, save_file
+
+from vesalius.engines.common.checkpoint import load_checkpoint, save_checkpoint
+from vesalius.engines.common.curves import plot_curves
+from vesalius.engines.common.cv import load_or_make_split
+from vesalius.engines.common.dataset import SegmentationDataset, load_case, read_msd_dataset
+from vesalius.engines.common.fingerprint import compute_fingerprint
+from vesalius.engines.common.metrics.segmentation import dice
+from vesalius.engines.common.package import save_package
+from vesalius.engines.common.plan import SegmentationPlan
+from vesalius.engines.segmentation.predict import sliding_window_logits
+from vesalius.engines.segmentation.preprocess import preprocess_case
+from vesalius.engines.segmentation.sampling import PatchSampler, TrainingLoader, training_case
+
+Progress = Callable[[dict[str, Any]], None]
+BEST = "best.safetensors"
+
+
+@dataclass
+class FoldResult:
+    fold: int | None
+    epochs: int
+    best_epoch: int
+    best_dice: dict[str, float]
+    package: Path
+    curves: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _poly_lr(plan: SegmentationPlan, epoch: int, epochs: int) -> float:
+    return float(plan.optimizer.lr * (1.0 - epoch / epochs) ** plan.optimizer.poly_exponent)
+
+
+def _validation_dice(
+    network: torch.nn.Module, cases: list[tuple[np.ndarray, np.ndarray]], plan: SegmentationPlan, device: torch.device
+) -> dict[str, float]:
+    """Mean Dice per foreground class over the validation cases, in the preprocessed grid."""
+    network.eval()
+    per_class: dict[int, list[float]] = {label: [] for label in range(1, plan.num_classes)}
+    for image, label in cases:
+        tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)))[None]
+        probabilities = sliding_window_logits(network, tensor, plan.patch_size, device=device)
+        predicted = probabilities.argmax(dim=1)[0].numpy()
+        for value in per_class:
+            per_class[value].append(dice(predicted == value, label == value))
+    network.train()
+    scores = {plan.labels.get(value, str(value)): float(np.mean(v)) for value, v in per_class.items() if v}
+    scores["mean"] = float(np.mean(list(scores.values()))) if scores else math.nan
+    return scores
+
+
+def _prepare(
+    dataset: SegmentationDataset, case_ids: list[str], plan: SegmentationPlan
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    by_id = {case.case_id: case for case in dataset.cases}
+    prepared = []
+    for case_id in case_ids:
+        image, label = preprocess_case(load_case(dataset, by_id[case_id]), plan)
+        prepared.append((case_id, image.array, label.array))
+    return prepared
+
+
+def train_fold(
+    dataset_dir: Path | str,
+    plan: SegmentationPlan,
+    fold: int | None,
+    output_dir: Path | str,
+    *,
+    device: str = "auto",
+    epochs: int | None = None,
+    iterations_per_epoch: int | None = None,
+    workers: int = 0,
+    resume: bool = True,
+    progress: Progress | None = None,
+) -> FoldResult:
+    """Train fold ``fold`` of the stored split (None: every case, no validation) and package the model."""
+    dataset = read_msd_dataset(dataset_dir)
+    output = Path(output_dir)
+    run_dir = output / (f"fold_{fold}" if fold is not None else "all")
+    split = load_or_make_split(
+        output / "splits.json", [c.case_id for c in dataset.cases], plan.training.folds, plan.training.seed
+    )
+    train_ids = split.fold(fold).train if fold is not None else split.cases
+    validation_ids = split.fold(fold).validation if fold is not None else []
+    target = torch.device(pick_device(device))
+    torch.manual_seed(plan.training.seed + (fold or 0))
+    total_epochs = epochs or plan.training.epochs
+    steps = iterations_per_epoch or plan.training.iterations_per_epoch
+
+    training_cases = [
+        training_case(case_id, image, label, seed=plan.training.seed)
+        for case_id, image, label in _prepare(dataset, train_ids, plan)
+    ]
+    validation_cases = [(image, label) for _, image, label in _prepare(dataset, validation_ids, plan)]
+    sampler = PatchSampler(
+        training_cases,
+        plan.patch_size,
+        plan.batch_size,
+        plan.training.foreground_oversampling,
+        seed=plan.training.seed + (fold or 0),
+        augmentation=plan.augmentation,
+    )
+    loader = TrainingLoader(sampler, workers=workers, pin_memory=target.type == "cuda")
+
+    network = plan.network.build().to(target)
+    loss_function = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True, batch=True))
+    optimizer = torch.optim.SGD(
+        network.parameters(),
+        lr=plan.optimizer.lr,
+        momentum=plan.optimizer.momentum,
+        nesterov=plan.optimizer.nesterov,
+        weight_decay=plan.optimizer.weight_decay,
+    )
+    amp = target.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_epoch = 0, 0
+    best_dice: dict[str, float] = {}
+    best_weights: dict[str, torch.Tensor] | None = None
+    checkpoint = load_checkpoint(run_dir / "checkpoint") if resume else None
+    if checkpoint is not None:
+        network.load_state_dict(checkpoint.model)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        history, start_epoch = checkpoint.state["history"], checkpoint.state["epoch"]
+        best_epoch, best_dice = checkpoint.state["best_epoch"], checkpoint.state["best_dice"]
+        if amp and checkpoint.state.get("scaler"):
+            scaler.load_state_dict(checkpoint.state["scaler"])
+        best_file = run_dir / "checkpoint" / BEST
+        if best_file.is_file():
+            best_weights = load_file(str(best_file))
+
+    network.train()
+    for epoch in range(start_epoch, total_epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = _poly_lr(plan, epoch, total_epochs)
+        losses, waited, started = [], 0.0, time.perf_counter()
+        batches = loader.iter_batches(steps)
+        for _ in range(steps):
+            before = time.perf_counter()
+            batch = next(batches)
+            waited += time.perf_counter() - before
+            images = batch["image"].to(target, non_blocking=True)
+            labels = batch["label"].to(target, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=target.type, enabled=amp):
+                outputs = network(images)
+                heads = list(torch.unbind(outputs, dim=1)) if outputs.dim() == images.dim() + 1 else [outputs]
+                loss = loss_function(heads, labels)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+        elapsed = time.perf_counter() - started
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": elapsed,
+            "data_wait_fraction": waited / elapsed if elapsed else 0.0,
+        }
+        if validation_cases:
+            record["validation_dice"] = _validation_dice(network, validation_cases, plan, target)
+            if record["validation_dice"]["mean"] > best_dice.get("mean", -1.0):
+                best_epoch, best_dice = epoch + 1, record["validation_dice"]
+                best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+        history.append(record)
+        if progress is not None:
+            progress(record)
+        state = {
+            "epoch": epoch + 1,
+            "history": history,
+            "best_epoch": best_epoch,
+            "best_dice": best_dice,
+            "scaler": scaler.state_dict() if amp else {},
+        }
+        save_checkpoint(run_dir / "checkpoint", network, optimizer, state)
+        if best_weights is not None:
+            save_file(best_weights, str(run_dir / "checkpoint" / BEST))
+
+    final_weights = best_weights if best_weights is not None else network.state_dict()
+    if not validation_cases:
+        best_epoch, best_dice = len(history), {}  # no validation: the last epoch's weights are the model
+    curves = plot_curves(
+        run_dir / "training_curves.png",
+        [h["loss"] for h in history],
+        {"mean Dice": [h.get("validation_dice", {}).get("mean") for h in history]},
+        title=f"{dataset.name} {'fold ' + str(fold) if fold is not None else 'all cases'}",
+    )
+    fingerprint = compute_fingerprint(dataset)
+    metrics = {
+        "fold": fold,
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "validation_dice": best_dice,
+        "validation_cases": validation_ids,
+        "data_wait_fraction": float(np.mean([h["data_wait_fraction"] for h in history])),
+    }
+    package = save_package(
+        run_dir / "model",
+        name=dataset.name.lower().replace(" ", "-"),
+        version="0.1.0",
+        task="segmentation",
+        labels=plan.labels,
+        plan=plan,
+        metrics=metrics,
+        data_fingerprint=fingerprint,
+        state_dict=final_weights,
+        overwrite=True,
+    )
+    return FoldResult(fold, len(history), best_epoch, best_dice, package, curves, history)

@@ -1,0 +1,35 @@
+"""`vesalius train DATASET --fold K --plan FILE`: trains, reports the best epoch, writes a package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.engines.common.msd_factory import blob_case, write_msd
+from tests.engines.segmentation.test_trainer import tiny_plan
+from vesalius.cli.main import app
+from vesalius.engines.common.package import load_package
+
+runner = CliRunner()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_train_one_fold_from_a_plan_file(tmp_path: Path) -> None:
+    dataset = write_msd(
+        tmp_path / "Blobs", [blob_case(f"c{n}", (24, 24, 20), (1.0, 1.0, 1.0), seed=n) for n in range(6)]
+    )
+    plan_file = tiny_plan(dataset).save(tmp_path / "plan.json")
+    arguments = ["train", str(dataset), "--fold", "2", "--plan", str(plan_file), "-o", str(tmp_path / "runs")]
+    result = runner.invoke(app, [*arguments, "--epochs", "2", "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    assert "trained 2 epochs; best epoch" in result.output
+    assert load_package(tmp_path / "runs" / "fold_2" / "model").manifest.metrics["fold"] == 2
+
+
+def test_train_rejects_a_bad_fold(tmp_path: Path) -> None:
+    dataset = write_msd(tmp_path / "Blobs", [blob_case(f"c{n}", (16, 16, 16), (1.0, 1.0, 1.0)) for n in range(3)])
+    result = runner.invoke(app, ["train", str(dataset), "--fold", "first", "-o", str(tmp_path / "runs")])
+    assert result.exit_code != 0
+    assert "fold" in result.output
