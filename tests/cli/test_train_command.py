@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -33,3 +35,29 @@ def test_train_rejects_a_bad_fold(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", str(dataset), "--fold", "first", "-o", str(tmp_path / "runs")])
     assert result.exit_code != 0
     assert "fold" in result.output
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_predict_with_the_folds_of_a_training_folder(tmp_path: Path) -> None:
+    dataset = write_msd(
+        tmp_path / "Blobs", [blob_case(f"c{n}", (24, 24, 20), (1.0, 1.0, 1.0), seed=n) for n in range(6)]
+    )
+    plan_file = tiny_plan(dataset).save(tmp_path / "plan.json")
+    for fold in ("0", "1"):
+        arguments = ["train", str(dataset), "--fold", fold, "--plan", str(plan_file), "-o", str(tmp_path / "runs")]
+        assert runner.invoke(app, [*arguments, "--epochs", "1", "--iterations", "2"]).exit_code == 0
+    image = dataset / "imagesTr" / "c0.nii.gz"
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "runs"), str(image), "-o", str(tmp_path / "out"), "--no-tta"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 model package(s)" in result.output
+    written = nib.load(tmp_path / "out" / "c0.nii.gz")
+    assert np.allclose(written.affine, nib.load(image).affine)
+    assert written.shape == (24, 24, 20)
+
+
+def test_predict_refuses_a_folder_without_packages(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["predict", str(tmp_path), str(tmp_path / "x.nii.gz"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "fold_*/model" in result.output

@@ -41,7 +41,7 @@ def friendly_errors(command: F) -> F:
         except VesaliusError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(code=2) from None
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.BadParameter):
             raise
         except Exception as error:
             if os.environ.get("VESALIUS_DEBUG"):
@@ -217,6 +217,30 @@ def train(
     best = ", ".join(f"{name} {value:.3f}" for name, value in result.best_dice.items())
     typer.echo(f"trained {result.epochs} epochs; best epoch {result.best_epoch}: {best or 'no validation'}")
     typer.echo(f"model package: {result.package}; curves: {result.curves}")
+
+
+@app.command()
+@friendly_errors
+def predict(
+    model: Annotated[
+        Path, typer.Argument(help="A model package, or a training folder whose fold_*/model packages are ensembled.")
+    ],
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI/NRRD/MHA files or DICOM folders.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the label maps (NIfTI).")],
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+    tta: Annotated[bool, typer.Option(help="Average over mirrored inputs (test-time augmentation).")] = True,
+) -> None:
+    """Segment each input with the model (or the ensemble of folds); each label map lies on its input's grid."""
+    from vesalius.engines.segmentation.predict import predict_files
+    from vesalius.engines.segmentation.trainer import pick_device
+
+    packages = [model] if (model / "package.json").is_file() else sorted(model.glob("fold_*/model"))
+    if not packages:
+        raise typer.BadParameter(f"{model}: neither a model package (package.json) nor a folder of fold_*/model")
+    written = predict_files(packages, inputs, output, device=pick_device(device), tta=tta)
+    typer.echo(f"{len(packages)} model package(s): {', '.join(str(p) for p in packages)}")
+    for path in written:
+        typer.echo(f"wrote {path}")
 
 
 def run() -> None:  # pragma: no cover - console entry point alias
