@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -71,16 +71,24 @@ def _floats(value: Any, count: int) -> Any:
     return numbers if len(numbers) == count else None
 
 
+def _unconverted(dataset: Dataset, keyword: str) -> RawDataElement | DataElement | None:
+    """The element as stored, without pydicom's value conversion (raw bytes until something converts it)."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in dataset:
+        return None
+    return dataset.get_item(tag)
+
+
 def _decimals(dataset: Dataset, keyword: str) -> list[float] | None:
     """A DS/IS attribute's numbers, parsed from the raw bytes when pydicom has not converted them yet.
 
     pydicom's DSfloat conversion dominates header reading for a CT series; this skips it.
     """
-    tag = tag_for_keyword(keyword)
-    if tag is None or tag not in dataset:
+    element = _unconverted(dataset, keyword)
+    if element is None:
         return None
-    element = dataset.get_item(tag)
     value = element.value
+    parts: list[Any]
     if isinstance(element, RawDataElement) and isinstance(value, bytes):
         text = value.decode("ascii", "replace").strip(" \x00")
         parts = text.split("\\") if text else []
@@ -96,10 +104,9 @@ def _decimals(dataset: Dataset, keyword: str) -> list[float] | None:
 
 def _unsigned_short(dataset: Dataset, keyword: str) -> int | None:
     """A US attribute, unpacked from the raw bytes when pydicom has not converted it yet."""
-    tag = tag_for_keyword(keyword)
-    if tag is None or tag not in dataset:
+    element = _unconverted(dataset, keyword)
+    if element is None:
         return None
-    element = dataset.get_item(tag)
     value = element.value
     if isinstance(element, RawDataElement) and isinstance(value, bytes):
         if len(value) < 2:
@@ -157,10 +164,9 @@ def _instance_number(dataset: Dataset) -> int | None:
 
 def uid_value(dataset: Dataset, keyword: str) -> str:
     """A UI attribute as text, read from the raw bytes when pydicom has not converted it yet."""
-    tag = tag_for_keyword(keyword)
-    if tag is None or tag not in dataset:
+    element = _unconverted(dataset, keyword)
+    if element is None:
         return ""
-    element = dataset.get_item(tag)
     value = element.value
     if isinstance(element, RawDataElement) and isinstance(value, bytes):
         return value.decode("ascii", "replace").strip(" \x00")
