@@ -61,3 +61,16 @@ def test_predict_refuses_a_folder_without_packages(tmp_path: Path) -> None:
     result = runner.invoke(app, ["predict", str(tmp_path), str(tmp_path / "x.nii.gz"), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "fold_*/model" in result.output
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_train_fold_cv_prints_the_summary(tmp_path: Path) -> None:
+    dataset = write_msd(
+        tmp_path / "Blobs", [blob_case(f"c{n}", (24, 24, 20), (1.0, 1.0, 1.0), seed=n) for n in range(6)]
+    )
+    plan_file = tiny_plan(dataset).save(tmp_path / "plan.json")
+    arguments = ["train", str(dataset), "--fold", "cv", "--plan", str(plan_file), "-o", str(tmp_path / "runs")]
+    result = runner.invoke(app, [*arguments, "--epochs", "1", "--iterations", "2"])
+    assert result.exit_code == 0, result.output
+    assert "# Cross-validation of Fake" in result.output
+    assert (tmp_path / "runs" / "cv_summary.json").is_file()

@@ -166,7 +166,9 @@ def evaluate(
 @friendly_errors
 def train(
     dataset: Annotated[Path, typer.Argument(help="A segmentation dataset in the MSD layout (dataset.json).")],
-    fold: Annotated[str, typer.Option(help="Cross-validation fold 0..K-1, or 'all' to train on every case.")] = "0",
+    fold: Annotated[
+        str, typer.Option(help="Fold 0..K-1; 'cv' for every fold plus the summary; 'all' to train on every case.")
+    ] = "0",
     plan_file: Annotated[
         Path | None, typer.Option("--plan", help="Plan to use [default: derive one and save OUTPUT/plan.json].")
     ] = None,
@@ -185,14 +187,23 @@ def train(
     from vesalius.engines.common.plan import SegmentationPlan, plan_dataset
     from vesalius.engines.segmentation.trainer import train_fold
 
-    if fold != "all" and not fold.isdigit():
-        raise typer.BadParameter(f"--fold must be a fold number or 'all', got {fold!r}")
-    chosen = None if fold == "all" else int(fold)
+    if fold not in ("all", "cv") and not fold.isdigit():
+        raise typer.BadParameter(f"--fold must be a fold number, 'all' or 'cv', got {fold!r}")
+    chosen = int(fold) if fold.isdigit() else None
     if plan_file is not None:
         derived = SegmentationPlan.load(plan_file)
     else:
         _, derived = plan_dataset(dataset)
         derived.save(output / "plan.json")
+    if fold == "cv":
+        from vesalius.engines.segmentation.crossval import cross_validate
+
+        outcome = cross_validate(
+            dataset, derived, output, device=device, epochs=epochs, iterations_per_epoch=iterations, workers=workers
+        )
+        typer.echo(outcome.summary_table.read_text())
+        typer.echo(f"wrote {outcome.summary_json} and {outcome.summary_table}")
+        return
     total = epochs or derived.training.epochs
     with Progress(transient=False) as bar:
         task = bar.add_task("training", total=total)
@@ -237,7 +248,12 @@ def predict(
     packages = [model] if (model / "package.json").is_file() else sorted(model.glob("fold_*/model"))
     if not packages:
         raise typer.BadParameter(f"{model}: neither a model package (package.json) nor a folder of fold_*/model")
-    written = predict_files(packages, inputs, output, device=pick_device(device), tta=tta)
+    from vesalius.engines.segmentation.crossval import stored_postprocessing
+
+    postprocessing = stored_postprocessing(model) if packages != [model] else {}
+    written = predict_files(
+        packages, inputs, output, device=pick_device(device), tta=tta, postprocessing=postprocessing
+    )
     typer.echo(f"{len(packages)} model package(s): {', '.join(str(p) for p in packages)}")
     for path in written:
         typer.echo(f"wrote {path}")
