@@ -17,12 +17,18 @@ from vesalius.engines.common.package import load_package
 runner = CliRunner()
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_train_one_fold_from_a_plan_file(tmp_path: Path) -> None:
+@pytest.fixture
+def blobs(tmp_path: Path) -> tuple[Path, Path]:
+    """Six synthetic cases and a plan small enough to train in seconds."""
     dataset = write_msd(
         tmp_path / "Blobs", [blob_case(f"c{n}", (24, 24, 20), (1.0, 1.0, 1.0), seed=n) for n in range(6)]
     )
-    plan_file = tiny_plan(dataset).save(tmp_path / "plan.json")
+    return dataset, tiny_plan(dataset).save(tmp_path / "plan.json")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_train_one_fold_from_a_plan_file(blobs: tuple[Path, Path], tmp_path: Path) -> None:
+    dataset, plan_file = blobs
     arguments = ["train", str(dataset), "--fold", "2", "--plan", str(plan_file), "-o", str(tmp_path / "runs")]
     result = runner.invoke(app, [*arguments, "--epochs", "2", "--iterations", "3"])
     assert result.exit_code == 0, result.output
@@ -38,11 +44,8 @@ def test_train_rejects_a_bad_fold(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_predict_with_the_folds_of_a_training_folder(tmp_path: Path) -> None:
-    dataset = write_msd(
-        tmp_path / "Blobs", [blob_case(f"c{n}", (24, 24, 20), (1.0, 1.0, 1.0), seed=n) for n in range(6)]
-    )
-    plan_file = tiny_plan(dataset).save(tmp_path / "plan.json")
+def test_predict_with_the_folds_of_a_training_folder(blobs: tuple[Path, Path], tmp_path: Path) -> None:
+    dataset, plan_file = blobs
     for fold in ("0", "1"):
         arguments = ["train", str(dataset), "--fold", fold, "--plan", str(plan_file), "-o", str(tmp_path / "runs")]
         assert runner.invoke(app, [*arguments, "--epochs", "1", "--iterations", "2"]).exit_code == 0
@@ -64,11 +67,8 @@ def test_predict_refuses_a_folder_without_packages(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_train_fold_cv_prints_the_summary(tmp_path: Path) -> None:
-    dataset = write_msd(
-        tmp_path / "Blobs", [blob_case(f"c{n}", (24, 24, 20), (1.0, 1.0, 1.0), seed=n) for n in range(6)]
-    )
-    plan_file = tiny_plan(dataset).save(tmp_path / "plan.json")
+def test_train_fold_cv_prints_the_summary(blobs: tuple[Path, Path], tmp_path: Path) -> None:
+    dataset, plan_file = blobs
     arguments = ["train", str(dataset), "--fold", "cv", "--plan", str(plan_file), "-o", str(tmp_path / "runs")]
     result = runner.invoke(app, [*arguments, "--epochs", "1", "--iterations", "2"])
     assert result.exit_code == 0, result.output
