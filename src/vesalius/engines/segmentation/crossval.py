@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vesalius.engines.common.cv import CrossValidationSplit
+from vesalius.engines.common.cv import load_or_make_split
 from vesalius.engines.common.dataset import load_case, read_msd_dataset
 from vesalius.engines.common.evaluate import EvaluationReport, evaluate_folders
 from vesalius.engines.common.metrics.segmentation import dice
@@ -82,6 +82,7 @@ def cross_validate(
     volumes: dict[str, Any] = {}
     fold_of: dict[str, int] = {}
     by_id = {case.case_id: case for case in dataset.cases}
+    split = load_or_make_split(output / "splits.json", list(by_id), plan.training.folds, plan.training.seed)
     for fold in range(plan.training.folds):
         result = train_fold(
             dataset_dir,
@@ -95,7 +96,6 @@ def cross_validate(
             progress=progress,
         )
         predictor = Predictor(load_package(result.package), device=target, tta=True)
-        split = CrossValidationSplit.load(output / "splits.json")
         for case_id in split.fold(fold).validation:
             loaded = load_case(dataset, by_id[case_id])
             labels = predictor.predict(loaded.image)

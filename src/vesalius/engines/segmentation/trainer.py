@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,13 @@ from vesalius.engines.common.checkpoint import load_checkpoint, save_checkpoint
 from vesalius.engines.common.curves import plot_curves
 from vesalius.engines.common.cv import load_or_make_split
 from vesalius.engines.common.dataset import SegmentationDataset, load_case, read_msd_dataset
-from vesalius.engines.common.fingerprint import compute_fingerprint
+from vesalius.engines.common.fingerprint import DatasetFingerprint, compute_fingerprint
 from vesalius.engines.common.metrics.segmentation import dice
 from vesalius.engines.common.package import save_package
 from vesalius.engines.common.plan import SegmentationPlan
 from vesalius.engines.segmentation.predict import sliding_window_logits
 from vesalius.engines.segmentation.preprocess import preprocess_case
-from vesalius.engines.segmentation.sampling import PatchSampler, TrainingLoader, training_case
+from vesalius.engines.segmentation.sampling import Batch, TrainingLoader, sampler_from_plan, training_case
 
 Progress = Callable[[dict[str, Any]], None]
 BEST = "best.safetensors"
@@ -74,6 +74,52 @@ def _validation_dice(
     scores = {plan.labels.get(value, str(value)): float(np.mean(v)) for value, v in per_class.items() if v}
     scores["mean"] = float(np.mean(list(scores.values()))) if scores else math.nan
     return scores
+
+
+def _train_epoch(
+    network: torch.nn.Module,
+    batches: Iterator[Batch],
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_function: torch.nn.Module,
+    target: torch.device,
+) -> dict[str, float]:
+    """One epoch of SGD steps; returns the mean loss, the time it took and the share spent waiting for data."""
+    amp = scaler.is_enabled()
+    losses, waited, started = [], 0.0, time.perf_counter()
+    for _ in range(steps):
+        before = time.perf_counter()
+        batch = next(batches)
+        waited += time.perf_counter() - before
+        images = batch["image"].to(target, non_blocking=True)
+        labels = batch["label"].to(target, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=target.type, enabled=amp):
+            outputs = network(images)
+            heads = list(torch.unbind(outputs, dim=1)) if outputs.dim() == images.dim() + 1 else [outputs]
+            loss = loss_function(heads, labels)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(float(loss.detach()))
+    elapsed = time.perf_counter() - started
+    return {
+        "loss": float(np.mean(losses)),
+        "seconds": elapsed,
+        "data_wait_fraction": waited / elapsed if elapsed else 0.0,
+    }
+
+
+def _fingerprint(dataset: SegmentationDataset, cache: Path) -> DatasetFingerprint:
+    """The dataset fingerprint, computed once per training folder rather than once per fold."""
+    if cache.is_file():
+        return DatasetFingerprint.model_validate_json(cache.read_text())
+    fingerprint = compute_fingerprint(dataset)
+    cache.write_text(fingerprint.model_dump_json(indent=1) + "\n")
+    return fingerprint
 
 
 def _prepare(
@@ -119,14 +165,7 @@ def train_fold(
         for case_id, image, label in _prepare(dataset, train_ids, plan)
     ]
     validation_cases = [(image, label) for _, image, label in _prepare(dataset, validation_ids, plan)]
-    sampler = PatchSampler(
-        training_cases,
-        plan.patch_size,
-        plan.batch_size,
-        plan.training.foreground_oversampling,
-        seed=plan.training.seed + (fold or 0),
-        augmentation=plan.augmentation,
-    )
+    sampler = sampler_from_plan(training_cases, plan, seed=plan.training.seed + (fold or 0))
     loader = TrainingLoader(sampler, workers=workers, pin_memory=target.type == "cuda")
 
     network = plan.network.build().to(target)
@@ -157,55 +196,36 @@ def train_fold(
         if best_file.is_file():
             best_weights = load_file(str(best_file))
 
-    network.train()
-    for epoch in range(start_epoch, total_epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = _poly_lr(plan, epoch, total_epochs)
-        losses, waited, started = [], 0.0, time.perf_counter()
-        batches = loader.iter_batches(steps)
-        for _ in range(steps):
-            before = time.perf_counter()
-            batch = next(batches)
-            waited += time.perf_counter() - before
-            images = batch["image"].to(target, non_blocking=True)
-            labels = batch["label"].to(target, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=target.type, enabled=amp):
-                outputs = network(images)
-                heads = list(torch.unbind(outputs, dim=1)) if outputs.dim() == images.dim() + 1 else [outputs]
-                loss = loss_function(heads, labels)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))
-        elapsed = time.perf_counter() - started
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": float(np.mean(losses)),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": elapsed,
-            "data_wait_fraction": waited / elapsed if elapsed else 0.0,
-        }
-        if validation_cases:
-            record["validation_dice"] = _validation_dice(network, validation_cases, plan, target)
-            if record["validation_dice"]["mean"] > best_dice.get("mean", -1.0):
-                best_epoch, best_dice = epoch + 1, record["validation_dice"]
-                best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-        history.append(record)
-        if progress is not None:
-            progress(record)
-        state = {
-            "epoch": epoch + 1,
-            "history": history,
-            "best_epoch": best_epoch,
-            "best_dice": best_dice,
-            "scaler": scaler.state_dict() if amp else {},
-        }
-        save_checkpoint(run_dir / "checkpoint", network, optimizer, state)
-        if best_weights is not None:
-            save_file(best_weights, str(run_dir / "checkpoint" / BEST))
+    (run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
+    try:
+        network.train()
+        for epoch in range(start_epoch, total_epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = _poly_lr(plan, epoch, total_epochs)
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                **_train_epoch(network, loader.iter_batches(steps), steps, optimizer, scaler, loss_function, target),
+            }
+            if validation_cases:
+                record["validation_dice"] = _validation_dice(network, validation_cases, plan, target)
+                if record["validation_dice"]["mean"] > best_dice.get("mean", -1.0):
+                    best_epoch, best_dice = epoch + 1, record["validation_dice"]
+                    best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+                    save_file(best_weights, str(run_dir / "checkpoint" / BEST))
+            history.append(record)
+            if progress is not None:
+                progress(record)
+            state = {
+                "epoch": epoch + 1,
+                "history": history,
+                "best_epoch": best_epoch,
+                "best_dice": best_dice,
+                "scaler": scaler.state_dict() if amp else {},
+            }
+            save_checkpoint(run_dir / "checkpoint", network, optimizer, state)
+    finally:
+        loader.close()  # ends data-loading workers, also when training fails
 
     final_weights = best_weights if best_weights is not None else network.state_dict()
     if not validation_cases:
@@ -216,7 +236,7 @@ def train_fold(
         {"mean Dice": [h.get("validation_dice", {}).get("mean") for h in history]},
         title=f"{dataset.name} {'fold ' + str(fold) if fold is not None else 'all cases'}",
     )
-    fingerprint = compute_fingerprint(dataset)
+    fingerprint = _fingerprint(dataset, output / "fingerprint.json")
     metrics = {
         "fold": fold,
         "epochs": len(history),

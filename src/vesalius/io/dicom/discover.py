@@ -11,7 +11,7 @@ import io
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,13 +102,16 @@ class ScanReport:
 
 
 def _walk(root: Path) -> Iterator[Path]:
+    """Every regular file under ``root`` (or ``root`` itself), in a stable order."""
     if root.is_file():
         yield root
         return
     for folder, dirs, names in os.walk(root):
         dirs.sort()
         for name in sorted(names):
-            yield Path(folder) / name
+            path = Path(folder) / name
+            if path.is_file():  # not broken links, sockets or pipes
+                yield path
 
 
 @dataclass(frozen=True)
@@ -208,10 +211,6 @@ def _series_info(study_uid: str, series_uid: str, headers: list[tuple[Path, _Hea
     )
 
 
-def _readable_paths(paths: Iterable[Path]) -> list[Path]:
-    return [p for p in paths if p.is_file()]
-
-
 @contextmanager
 def _parsing_quietly() -> Iterator[None]:
     """Pause the cyclic garbage collector while parsing (the many small objects pydicom makes would
@@ -249,7 +248,7 @@ def scan(path: Path | str, workers: int = 1) -> ScanReport:
     root = Path(path)
     if not root.exists():
         raise NoDicomFoundError(f"{root}: no such file or folder")
-    paths = _readable_paths(_walk(root))
+    paths = list(_walk(root))
     if not paths:
         raise NoDicomFoundError(f"{root}: the folder is empty")
     headers = _read_headers(paths, workers)
