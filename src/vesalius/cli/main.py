@@ -29,6 +29,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+PRECISION_HELP = "'auto' (bf16 on GPUs and on CPUs with native bf16, else fp32), 'fp32', 'bf16' or 'fp16' (GPU)."
 
 
 def friendly_errors(command: F) -> F:
@@ -180,6 +181,7 @@ def train(
     device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
     workers: Annotated[int, typer.Option(help="Data-loading worker processes (0: in the main process).")] = 0,
     restart: Annotated[bool, typer.Option(help="Ignore an existing checkpoint instead of resuming it.")] = False,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Train one fold of a segmentation plan (resuming its checkpoint) and write a model package."""
     from rich.progress import Progress
@@ -199,7 +201,14 @@ def train(
         from vesalius.engines.segmentation.crossval import cross_validate
 
         outcome = cross_validate(
-            dataset, derived, output, device=device, epochs=epochs, iterations_per_epoch=iterations, workers=workers
+            dataset,
+            derived,
+            output,
+            device=device,
+            epochs=epochs,
+            iterations_per_epoch=iterations,
+            workers=workers,
+            precision=precision,
         )
         typer.echo(outcome.summary_table.read_text())
         typer.echo(f"wrote {outcome.summary_json} and {outcome.summary_table}")
@@ -224,6 +233,7 @@ def train(
             workers=workers,
             resume=not restart,
             progress=report,
+            precision=precision,
         )
     best = ", ".join(f"{name} {value:.3f}" for name, value in result.best_dice.items())
     typer.echo(f"trained {result.epochs} epochs; best epoch {result.best_epoch}: {best or 'no validation'}")
@@ -240,19 +250,26 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the label maps (NIfTI).")],
     device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
     tta: Annotated[bool, typer.Option(help="Average over mirrored inputs (test-time augmentation).")] = True,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Segment each input with the model (or the ensemble of folds); each label map lies on its input's grid."""
+    from vesalius.engines.common.precision import pick_device
     from vesalius.engines.segmentation.predict import predict_files
-    from vesalius.engines.segmentation.trainer import pick_device
 
     packages = [model] if (model / "package.json").is_file() else sorted(model.glob("fold_*/model"))
     if not packages:
         raise typer.BadParameter(f"{model}: neither a model package (package.json) nor a folder of fold_*/model")
-    from vesalius.engines.segmentation.crossval import stored_postprocessing
+    from vesalius.engines.segmentation.run_layout import stored_postprocessing
 
-    postprocessing = stored_postprocessing(model) if packages != [model] else {}
+    postprocessing = stored_postprocessing(model) if packages != [model] else None  # None: the package's own
     written = predict_files(
-        packages, inputs, output, device=pick_device(device), tta=tta, postprocessing=postprocessing
+        packages,
+        inputs,
+        output,
+        device=pick_device(device),
+        tta=tta,
+        postprocessing=postprocessing,
+        precision=precision,
     )
     typer.echo(f"{len(packages)} model package(s): {', '.join(str(p) for p in packages)}")
     for path in written:

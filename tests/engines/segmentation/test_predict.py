@@ -15,12 +15,8 @@ from tests.engines.segmentation.test_preprocess import oblique_affine, tiny_plan
 from vesalius.core.volume import Volume
 from vesalius.engines.common.package import ModelPackage, load_package, save_package
 from vesalius.engines.common.plan import SegmentationPlan
-from vesalius.engines.segmentation.predict import (
-    Predictor,
-    keep_largest_component,
-    predict_files,
-    sliding_window_logits,
-)
+from vesalius.engines.segmentation.predict import Predictor, keep_largest_component, predict_files
+from vesalius.engines.segmentation.sliding_window import sliding_window_probabilities
 from vesalius.io import read_nifti, read_volume, write_nifti
 from vesalius.transforms import pad
 
@@ -81,8 +77,8 @@ def test_mirror_tta_makes_the_prediction_flip_equivariant() -> None:
     dims = [2, 4]
     results = {}
     for axes in ((), (0, 1, 2)):
-        plain = sliding_window_logits(network, image, (16, 16, 16), mirror_axes=axes)
-        flipped = sliding_window_logits(network, torch.flip(image, dims), (16, 16, 16), mirror_axes=axes)
+        plain = sliding_window_probabilities(network, image, (16, 16, 16), mirror_axes=axes)
+        flipped = sliding_window_probabilities(network, torch.flip(image, dims), (16, 16, 16), mirror_axes=axes)
         results[axes] = float((torch.flip(plain, dims) - flipped).abs().max())
     assert results[(0, 1, 2)] < 1e-5
     assert results[()] > 1e-4  # a random network alone is not equivariant: the test has teeth
@@ -90,7 +86,7 @@ def test_mirror_tta_makes_the_prediction_flip_equivariant() -> None:
 
 def test_sliding_window_pads_an_input_smaller_than_the_patch() -> None:
     image = torch.randn(1, 1, 10, 7, 5)
-    probabilities = sliding_window_logits(tiny_network(), image, (16, 16, 16), mirror_axes=(0,))
+    probabilities = sliding_window_probabilities(tiny_network(), image, (16, 16, 16), mirror_axes=(0,))
     assert probabilities.shape == (1, 3, 10, 7, 5)
     torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(1, 10, 7, 5))
 
@@ -98,8 +94,8 @@ def test_sliding_window_pads_an_input_smaller_than_the_patch() -> None:
 def test_gaussian_and_constant_weighting_differ_where_windows_overlap() -> None:
     network = tiny_network()
     image = torch.randn(1, 1, 24, 24, 24, generator=torch.Generator().manual_seed(4))
-    gaussian = sliding_window_logits(network, image, (16, 16, 16), overlap=0.5, gaussian=True)
-    constant = sliding_window_logits(network, image, (16, 16, 16), overlap=0.5, gaussian=False)
+    gaussian = sliding_window_probabilities(network, image, (16, 16, 16), overlap=0.5, gaussian=True)
+    constant = sliding_window_probabilities(network, image, (16, 16, 16), overlap=0.5, gaussian=False)
     assert float((gaussian - constant).abs().max()) > 1e-4
     torch.testing.assert_close(constant.sum(dim=1), torch.ones(1, 24, 24, 24))
 

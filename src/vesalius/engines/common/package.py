@@ -54,6 +54,11 @@ class PackageManifest(BaseModel):
     plan: dict[str, Any]
     metrics: dict[str, Any]
     data_fingerprint: dict[str, Any]
+    postprocessing: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the engine applies after the network, chosen on validation data "
+        "(segmentation: keep_largest_component, a list of class indices)",
+    )
     created: AwareDatetime
     vesalius_version: str
     files: dict[str, Sha256]
@@ -111,6 +116,7 @@ def save_package(
     state_dict: Mapping[str, torch.Tensor],
     extra_files: Mapping[str, Path] | None = None,
     overwrite: bool = False,
+    postprocessing: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a package; the same inputs give the same bytes and hashes (only ``created`` differs).
 
@@ -139,6 +145,7 @@ def save_package(
         "plan": _as_dict(plan),
         "metrics": _as_dict(metrics),
         "data_fingerprint": _as_dict(data_fingerprint),
+        "postprocessing": dict(postprocessing or {}),
         "created": datetime.now(UTC).replace(microsecond=0),
         "vesalius_version": __version__,
         "files": dict.fromkeys([WEIGHTS, *extras], placeholder),

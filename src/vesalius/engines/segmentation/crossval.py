@@ -23,11 +23,11 @@ from vesalius.engines.common.metrics.segmentation import dice
 from vesalius.engines.common.metrics.summary import Summary, summarize
 from vesalius.engines.common.package import load_package
 from vesalius.engines.common.plan import SegmentationPlan
+from vesalius.engines.common.precision import pick_device
 from vesalius.engines.segmentation.predict import Predictor, keep_largest_component
-from vesalius.engines.segmentation.trainer import Progress, pick_device, train_fold
+from vesalius.engines.segmentation.run_layout import CV_SUMMARY, POSTPROCESSING
+from vesalius.engines.segmentation.trainer import Progress, train_fold
 from vesalius.io import write_nifti
-
-POSTPROCESSING = "postprocessing.json"
 
 
 @dataclass
@@ -72,6 +72,7 @@ def cross_validate(
     iterations_per_epoch: int | None = None,
     workers: int = 0,
     progress: Progress | None = None,
+    precision: str = "auto",
 ) -> CrossValidationResult:
     """Train all folds (each resumes its checkpoint), predict held-out cases, choose post-processing, summarise."""
     dataset = read_msd_dataset(dataset_dir)
@@ -94,8 +95,9 @@ def cross_validate(
             iterations_per_epoch=iterations_per_epoch,
             workers=workers,
             progress=progress,
+            precision=precision,
         )
-        predictor = Predictor(load_package(result.package), device=target, tta=True)
+        predictor = Predictor(load_package(result.package), device=target, tta=True, precision=precision)
         for case_id in split.fold(fold).validation:
             loaded = load_case(dataset, by_id[case_id])
             labels = predictor.predict(loaded.image)
@@ -124,7 +126,7 @@ def cross_validate(
         "overall": json.loads(report.model_dump_json()),
         "postprocessing": {str(k): v for k, v in postprocessing.items()},
     }
-    summary_json = output / "cv_summary.json"
+    summary_json = output / CV_SUMMARY
     summary_json.write_text(json.dumps(summary, indent=1) + "\n")
     table = (
         f"# Cross-validation of {dataset.name}\n\nPer fold (mean Dice ± sd [95% CI]):\n\n{_fold_table(per_fold)}\n\n"
@@ -135,11 +137,3 @@ def cross_validate(
     summary_table = output / "cv_summary.md"
     summary_table.write_text(table)
     return CrossValidationResult(report, per_fold, postprocessing, summary_json, summary_table)
-
-
-def stored_postprocessing(run_dir: Path | str) -> dict[int, bool]:
-    """The post-processing cross-validation chose for a training folder (none when it has not run)."""
-    file = Path(run_dir) / POSTPROCESSING
-    if not file.is_file():
-        return {}
-    return {int(k): bool(v) for k, v in json.loads(file.read_text()).items()}

@@ -5,15 +5,14 @@ the model-space probabilities are sampled back with ``vesalius.transforms.invert
 that ``preprocess_image`` recorded.
 
 Memory, for K classes, C input channels, N model-space voxels and M input voxels (float32): the
-preprocessed image (C*N), the ensemble sum of probabilities (K*N), one fold's sliding-window output plus
-MONAI's aggregation buffers (about 2*(K+1)*N, on CPU, released after each fold), then per class one channel
-on the input grid (M) plus the running maximum (M) and the label map (M). ``predict`` therefore never holds
-more than one input-grid probability map at a time; ``predict_probabilities`` holds all K (K*M).
+preprocessed image (C*N), one fold's sliding-window output (K*N, see ``sliding_window``) plus, with several
+folds, their running sum (K*N), then per class one channel on the input grid (M) plus the running maximum (M)
+and the label map (M, uint8). ``predict`` therefore never holds more than one input-grid probability map at a
+time; ``predict_probabilities`` holds all K (K*M). ``benchmarks/seg_memory.py`` measures it on a 512x512x600 CT.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,74 +20,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.inferers.utils import sliding_window_inference
 from scipy import ndimage
 
 from vesalius.core.errors import InputError
 from vesalius.core.volume import Volume
 from vesalius.engines.common.package import ModelPackage, load_package
 from vesalius.engines.common.plan import SegmentationPlan
+from vesalius.engines.common.precision import autocast_dtype
 from vesalius.engines.segmentation.preprocess import preprocess_image
+from vesalius.engines.segmentation.sliding_window import sliding_window_probabilities
 from vesalius.io import read_volume, write_nifti
 from vesalius.io.nifti import is_nifti
 from vesalius.transforms import invert
 
-__all__ = ["Predictor", "keep_largest_component", "predict_files", "sliding_window_logits"]
-
-
-def _mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
-    """Every combination of the spatial axes, the empty one included (8 for three axes, as nnU-Net)."""
-    axes = sorted(set(int(a) for a in mirror_axes))
-    if any(a not in (0, 1, 2) for a in axes):
-        raise InputError(f"mirror_axes must be spatial axes 0, 1 or 2; got {list(mirror_axes)}")
-    return [combo for n in range(len(axes) + 1) for combo in itertools.combinations(axes, n)]
-
-
-def sliding_window_logits(
-    network: torch.nn.Module,
-    image: torch.Tensor,
-    patch_size: Sequence[int],
-    overlap: float = 0.5,
-    sw_batch_size: int = 2,
-    gaussian: bool = True,
-    mirror_axes: Sequence[int] = (),
-    device: str | torch.device = "cpu",
-) -> torch.Tensor:
-    """Softmax probabilities (1, K, i, j, k) of ``image`` (1, C, i, j, k), averaged over mirrored copies.
-
-    Patches run on ``device``; the whole-volume output stays on the CPU so only patches occupy the GPU.
-    Inputs smaller than the patch are padded by MONAI and cropped back. Each mirrored copy is aggregated
-    as logits (Gaussian-weighted, so patch borders count less) and turned into softmax before averaging.
-    """
-    if image.ndim != 5 or image.shape[0] != 1:
-        raise InputError(f"image must be a (1, C, i, j, k) tensor; got shape {tuple(image.shape)}")
-    network.eval()
-    mode = "gaussian" if gaussian else "constant"
-    total: torch.Tensor | None = None
-    combos = _mirror_sets(mirror_axes)
-    with torch.inference_mode():
-        for combo in combos:
-            dims = [axis + 2 for axis in combo]
-            source = torch.flip(image, dims) if dims else image
-            logits = sliding_window_inference(
-                source,
-                roi_size=tuple(int(p) for p in patch_size),
-                sw_batch_size=sw_batch_size,
-                predictor=network,
-                overlap=overlap,
-                mode=mode,
-                sw_device=device,
-                device="cpu",
-            )
-            if not isinstance(logits, torch.Tensor):
-                raise TypeError(f"the network must return one tensor in eval mode; got {type(logits).__name__}")
-            probabilities = torch.softmax(logits.float(), dim=1)
-            del logits
-            if dims:
-                probabilities = torch.flip(probabilities, dims)
-            total = probabilities if total is None else total.add_(probabilities)
-        assert total is not None
-        return total.div_(len(combos))  # an inference tensor: callers accumulate under inference_mode too
+__all__ = ["Predictor", "keep_largest_component", "predict_files"]
 
 
 def keep_largest_component(labels: npt.NDArray[Any], classes: Sequence[int]) -> npt.NDArray[Any]:
@@ -108,8 +53,8 @@ def keep_largest_component(labels: npt.NDArray[Any], classes: Sequence[int]) -> 
 class Predictor:
     """One or more trained folds of the same plan, ready to segment volumes on their own grid.
 
-    ``postprocessing`` maps class index -> keep only its largest connected component; it is a caller's
-    choice (e.g. from a cross-validation of post-processing), nothing in the package decides it today.
+    ``postprocessing`` maps class index -> keep only its largest connected component. None takes what the
+    first package records (``keep_largest_component``, chosen by cross-validation when it was trained).
     """
 
     def __init__(
@@ -118,9 +63,10 @@ class Predictor:
         device: str | torch.device = "cpu",
         tta: bool = True,
         overlap: float = 0.5,
-        sw_batch_size: int = 2,
+        batch_size: int = 1,
         gaussian: bool = True,
         postprocessing: Mapping[int, bool] | None = None,
+        precision: str = "auto",
     ) -> None:
         folds = [packages] if isinstance(packages, ModelPackage) else list(packages)
         if not folds:
@@ -141,8 +87,12 @@ class Predictor:
                 )
         self.plan = first
         self.device = torch.device(device)
-        self.tta, self.overlap, self.sw_batch_size, self.gaussian = tta, overlap, sw_batch_size, gaussian
-        self.postprocessing = dict(postprocessing or {})
+        self.tta, self.overlap, self.batch_size, self.gaussian = tta, overlap, batch_size, gaussian
+        self.dtype = autocast_dtype(self.device, precision)
+        if postprocessing is None:
+            recorded = folds[0].manifest.postprocessing.get("keep_largest_component", [])
+            postprocessing = {int(value): True for value in recorded}
+        self.postprocessing = dict(postprocessing)
         self.networks: list[torch.nn.Module] = []
         for package, plan in zip(folds, self.plans, strict=True):
             network = plan.network.build()
@@ -157,15 +107,16 @@ class Predictor:
         with torch.inference_mode():
             for network, plan in zip(self.networks, self.plans, strict=True):
                 mirror = plan.augmentation.mirror_axes if self.tta else ()
-                probabilities = sliding_window_logits(
+                probabilities = sliding_window_probabilities(
                     network,
                     image,
                     plan.patch_size,
                     overlap=self.overlap,
-                    sw_batch_size=self.sw_batch_size,
                     gaussian=self.gaussian,
                     mirror_axes=mirror,
                     device=self.device,
+                    batch_size=self.batch_size,
+                    dtype=self.dtype,
                 )
                 total = probabilities if total is None else total.add_(probabilities)
             assert total is not None
@@ -218,13 +169,18 @@ def predict_files(
     device: str | torch.device = "cpu",
     tta: bool = True,
     postprocessing: Mapping[int, bool] | None = None,
+    precision: str = "auto",
 ) -> list[Path]:
     """Segment each input (NIfTI/NRRD/MHA file or DICOM folder) and write a NIfTI label map per input.
 
     The written geometry is the input's: the label map lies on the grid ``read_volume`` returned.
     """
     predictor = Predictor(
-        [load_package(folder) for folder in package_dirs], device=device, tta=tta, postprocessing=postprocessing
+        [load_package(folder) for folder in package_dirs],
+        device=device,
+        tta=tta,
+        postprocessing=postprocessing,
+        precision=precision,
     )
     output = Path(output_dir)
     sources = [Path(item) for item in inputs]

@@ -29,9 +29,11 @@ from vesalius.engines.common.fingerprint import DatasetFingerprint, compute_fing
 from vesalius.engines.common.metrics.segmentation import dice
 from vesalius.engines.common.package import save_package
 from vesalius.engines.common.plan import SegmentationPlan
-from vesalius.engines.segmentation.predict import sliding_window_logits
+from vesalius.engines.common.precision import autocast_dtype, pick_device
 from vesalius.engines.segmentation.preprocess import preprocess_case
+from vesalius.engines.segmentation.run_layout import stored_cv_metrics, stored_postprocessing
 from vesalius.engines.segmentation.sampling import Batch, TrainingLoader, sampler_from_plan, training_case
+from vesalius.engines.segmentation.sliding_window import sliding_window_probabilities
 
 Progress = Callable[[dict[str, Any]], None]
 BEST = "best.safetensors"
@@ -48,25 +50,23 @@ class FoldResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _poly_lr(plan: SegmentationPlan, epoch: int, epochs: int) -> float:
     return float(plan.optimizer.lr * (1.0 - epoch / epochs) ** plan.optimizer.poly_exponent)
 
 
 def _validation_dice(
-    network: torch.nn.Module, cases: list[tuple[np.ndarray, np.ndarray]], plan: SegmentationPlan, device: torch.device
+    network: torch.nn.Module,
+    cases: list[tuple[np.ndarray, np.ndarray]],
+    plan: SegmentationPlan,
+    device: torch.device,
+    dtype: torch.dtype | None,
 ) -> dict[str, float]:
     """Mean Dice per foreground class over the validation cases, in the preprocessed grid."""
     network.eval()
     per_class: dict[int, list[float]] = {label: [] for label in range(1, plan.num_classes)}
     for image, label in cases:
         tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)))[None]
-        probabilities = sliding_window_logits(network, tensor, plan.patch_size, device=device)
+        probabilities = sliding_window_probabilities(network, tensor, plan.patch_size, device=device, dtype=dtype)
         predicted = probabilities.argmax(dim=1)[0].numpy()
         for value in per_class:
             per_class[value].append(dice(predicted == value, label == value))
@@ -84,9 +84,12 @@ def _train_epoch(
     scaler: torch.amp.GradScaler,
     loss_function: torch.nn.Module,
     target: torch.device,
+    dtype: torch.dtype | None,
 ) -> dict[str, float]:
-    """One epoch of SGD steps; returns the mean loss, the time it took and the share spent waiting for data."""
-    amp = scaler.is_enabled()
+    """One epoch of SGD steps; returns the mean loss, the time it took and the share spent waiting for data.
+
+    The network runs under autocast when ``dtype`` is set; the loss is computed in float32.
+    """
     losses, waited, started = [], 0.0, time.perf_counter()
     for _ in range(steps):
         before = time.perf_counter()
@@ -95,10 +98,10 @@ def _train_epoch(
         images = batch["image"].to(target, non_blocking=True)
         labels = batch["label"].to(target, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=target.type, enabled=amp):
+        with torch.autocast(device_type=target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             outputs = network(images)
-            heads = list(torch.unbind(outputs, dim=1)) if outputs.dim() == images.dim() + 1 else [outputs]
-            loss = loss_function(heads, labels)
+        heads = list(torch.unbind(outputs.float(), dim=1)) if outputs.dim() == images.dim() + 1 else [outputs.float()]
+        loss = loss_function(heads, labels)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
@@ -145,6 +148,7 @@ def train_fold(
     workers: int = 0,
     resume: bool = True,
     progress: Progress | None = None,
+    precision: str = "auto",
 ) -> FoldResult:
     """Train fold ``fold`` of the stored split (None: every case, no validation) and package the model."""
     dataset = read_msd_dataset(dataset_dir)
@@ -177,8 +181,9 @@ def train_fold(
         nesterov=plan.optimizer.nesterov,
         weight_decay=plan.optimizer.weight_decay,
     )
-    amp = target.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    dtype = autocast_dtype(target, precision)
+    amp = dtype == torch.float16  # only float16 needs loss scaling
+    scaler = torch.amp.GradScaler(target.type, enabled=amp)
 
     history: list[dict[str, Any]] = []
     start_epoch, best_epoch = 0, 0
@@ -205,10 +210,12 @@ def train_fold(
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
-                **_train_epoch(network, loader.iter_batches(steps), steps, optimizer, scaler, loss_function, target),
+                **_train_epoch(
+                    network, loader.iter_batches(steps), steps, optimizer, scaler, loss_function, target, dtype
+                ),
             }
             if validation_cases:
-                record["validation_dice"] = _validation_dice(network, validation_cases, plan, target)
+                record["validation_dice"] = _validation_dice(network, validation_cases, plan, target, dtype)
                 if record["validation_dice"]["mean"] > best_dice.get("mean", -1.0):
                     best_epoch, best_dice = epoch + 1, record["validation_dice"]
                     best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
@@ -244,7 +251,15 @@ def train_fold(
         "validation_dice": best_dice,
         "validation_cases": validation_ids,
         "data_wait_fraction": float(np.mean([h["data_wait_fraction"] for h in history])),
+        "device": str(target),
+        "precision": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
+        "training_seconds": float(sum(h["seconds"] for h in history)),
     }
+    postprocessing: dict[str, Any] = {}
+    if fold is None and (cv_metrics := stored_cv_metrics(output)) is not None:
+        metrics["cross_validation"] = cv_metrics  # the figures that estimate this model's quality
+        kept = [value for value, on in sorted(stored_postprocessing(output).items()) if on]
+        postprocessing = {"keep_largest_component": kept}
     package = save_package(
         run_dir / "model",
         name=dataset.name.lower().replace(" ", "-"),
@@ -256,5 +271,6 @@ def train_fold(
         data_fingerprint=fingerprint,
         state_dict=final_weights,
         overwrite=True,
+        postprocessing=postprocessing,
     )
     return FoldResult(fold, len(history), best_epoch, best_dice, package, curves, history)
