@@ -9,9 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests import dicom_factory as factory
 from tests.engines.common.msd_factory import blob_case, write_msd
 from vesalius.core.errors import DatasetError, GridMismatchError, InputError, LabelValueError
 from vesalius.engines.common.dataset import load_case, read_msd_dataset
+from vesalius.engines.common.plan import plan_dataset
+from vesalius.io import read_volume, write_nifti
 
 
 def test_reads_cases_modalities_and_labels(tmp_path: Path) -> None:
@@ -124,3 +127,30 @@ def test_split_channel_files(tmp_path: Path) -> None:
     dataset = read_msd_dataset(root)
     assert [p.name for p in dataset.cases[0].images] == ["a_0000.nii.gz", "a_0001.nii.gz"]
     assert load_case(dataset, dataset.cases[0]).image.array.shape == (8, 8, 8, 2)
+
+
+def test_a_dicom_series_folder_is_an_image(tmp_path: Path) -> None:
+    """MSD with DICOM: imagesTr/<case>/ holds the series; the NIfTI label lies on the grid it reads to."""
+    root = tmp_path / "CT"
+    hu = np.random.default_rng(0).integers(-500, 500, (20, 18, 9))
+    factory.write_series(root / "imagesTr" / "ct_001", hu, factory.oblique(spacing=(0.8, 0.9, 2.5)))
+    image = read_volume(root / "imagesTr" / "ct_001")
+    label = (image.array > 0).astype(np.uint8)
+    write_nifti(image.with_array(label), root / "labelsTr" / "ct_001.nii.gz")
+    content = {
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "bright"},
+        "training": [{"image": "./imagesTr/ct_001", "label": "./labelsTr/ct_001.nii.gz"}],
+    }
+    (root / "dataset.json").write_text(json.dumps(content))
+    dataset = read_msd_dataset(root)
+    assert [c.case_id for c in dataset.cases] == ["ct_001"]
+    loaded = load_case(dataset, dataset.cases[0])
+    assert loaded.image.array.shape == (20, 18, 9, 1)
+    np.testing.assert_array_equal(loaded.image.array[..., 0], image.array)
+    np.testing.assert_array_equal(loaded.label.array, label)
+    fingerprint, plan = plan_dataset(root)
+    assert len(fingerprint.cases) == 1
+    series_bytes = sum(f.stat().st_size for f in (root / "imagesTr" / "ct_001").iterdir())
+    assert fingerprint.cases[0].file_bytes == series_bytes + (root / "labelsTr" / "ct_001.nii.gz").stat().st_size
+    assert plan.normalization[0].scheme == "ct"

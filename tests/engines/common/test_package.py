@@ -87,6 +87,25 @@ def test_a_monai_network_round_trips_bit_exactly_and_predicts_the_same(tmp_path:
         assert torch.equal(fresh(x), trained(x))
 
 
+def test_half_precision_weights_halve_the_file_and_load_into_a_float32_network(tmp_path: Path) -> None:
+    state = package_args()["state_dict"]
+    full = save_package(tmp_path / "full", **package_args())
+    half = save_package(tmp_path / "half", **package_args(weights_dtype=torch.float16, postprocessing={"a": [1]}))
+    ratio = (half / WEIGHTS).stat().st_size / (full / WEIGHTS).stat().st_size
+    assert 0.45 < ratio < 0.65  # the JSON header does not halve
+    loaded = load_package(half)
+    assert loaded.manifest.postprocessing == {"a": [1]}
+    weights = loaded.state_dict()
+    assert weights["final_conv.weight"].dtype == torch.float16
+    assert weights["conv_0.conv_0.adn.N.num_batches_tracked"].dtype == torch.int64  # integers stay integers
+    network = small_unet()
+    network.load_state_dict(weights)
+    assert network.final_conv.weight.dtype == torch.float32
+    torch.testing.assert_close(
+        network.state_dict()["final_conv.weight"], state["final_conv.weight"], atol=1e-3, rtol=1e-3
+    )
+
+
 def test_manifest_keeps_what_was_saved_and_lists_every_file(package: Path) -> None:
     manifest = load_package(package).manifest
     assert (manifest.name, manifest.version, manifest.task) == ("liver-ct", "1.2.0", "segmentation")

@@ -1,6 +1,8 @@
 """A training dataset in the Medical Segmentation Decathlon layout, read into typed cases and validated.
 
 The layout: ``dataset.json`` (``modality``, ``labels``, ``training``) next to ``imagesTr/`` and ``labelsTr/``.
+An image is a NIfTI/NRRD/MHA file or a folder holding one DICOM series (``"image": "./imagesTr/case_1"``);
+labels are NIfTI/NRRD/MHA files on the image's grid (for a DICOM series, the grid ``read_volume`` returns).
 Multi-channel images are either one 4-D file with channels last (MSD) or one file per channel named
 ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``... (nnU-Net's split). Every problem names the file at fault.
 """
@@ -104,8 +106,9 @@ def _int_keyed(file: Path, key: str, mapping: Any) -> dict[int, str]:
 
 
 def _image_files(root: Path, listed: Path, num_channels: int) -> tuple[Path, ...] | None:
-    """The listed file, else nnU-Net's per-channel files ``<case>_0000...``; None when neither exists."""
-    if listed.is_file():
+    """The listed file or DICOM series folder, else nnU-Net's per-channel files ``<case>_0000...``; None when
+    neither exists."""
+    if listed.is_file() or listed.is_dir():
         return (listed,)
     stem = case_id_of(listed)
     suffix = listed.name[len(stem) :]

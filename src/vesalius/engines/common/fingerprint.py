@@ -12,6 +12,7 @@ import json
 import zlib
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,13 @@ def _case_seed(seed: int, case_id: str) -> list[int]:
     return [seed, zlib.crc32(case_id.encode("utf-8"))]
 
 
+def _bytes(path: Path) -> int:
+    """A file's size, or the total size of the files of a DICOM series folder."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 def _fingerprint_case(
     dataset: SegmentationDataset, case: Case, max_samples: int, seed: int
 ) -> tuple[CaseFingerprint, npt.NDArray[np.float32]]:
@@ -106,7 +114,7 @@ def _fingerprint_case(
         foreground = np.sort(rng.choice(foreground, size=max_samples, replace=False))
     image = loaded.image.array.reshape(-1, loaded.image.array.shape[-1])
     sample = np.asarray(image[foreground], dtype=np.float32)
-    size = sum(p.stat().st_size for p in (*case.images, case.label))
+    size = sum(_bytes(p) for p in (*case.images, case.label))
     spacing = loaded.image.spacing
     record = CaseFingerprint(
         case_id=case.case_id,

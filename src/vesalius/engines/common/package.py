@@ -117,12 +117,15 @@ def save_package(
     extra_files: Mapping[str, Path] | None = None,
     overwrite: bool = False,
     postprocessing: Mapping[str, Any] | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a package; the same inputs give the same bytes and hashes (only ``created`` differs).
 
     With ``overwrite=True`` the listed files and ``package.json`` are replaced; other files already in the
     folder stay but are not part of the package. ``package.json`` is written last and atomically, so an
     interrupted save leaves a package that fails verification rather than one that lies.
+    ``weights_dtype`` (e.g. ``torch.float16``) stores floating-point weights at that precision, halving the
+    package; ``load_state_dict`` casts them back to the network's dtype.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -155,7 +158,7 @@ def save_package(
         draft = PackageManifest.model_validate(fields)
     except ValidationError as error:
         raise PackageError(f"{folder}: cannot build {MANIFEST}: {_describe(error)}") from error
-    tensors = _savable(state_dict)
+    tensors = _savable(state_dict, weights_dtype)
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"vesalius": json.dumps({"name": name, "version": version}, sort_keys=True)}
     _atomic(folder / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -235,7 +238,7 @@ def _integrity_problems(folder: Path, manifest: PackageManifest, data: Mapping[s
     return problems
 
 
-def _savable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _savable(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors with no shared storage, as safetensors requires."""
     seen: set[int] = set()
     tensors: dict[str, torch.Tensor] = {}
@@ -244,6 +247,8 @@ def _savable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not isinstance(tensor, torch.Tensor):
             raise PackageError(f"state_dict[{key!r}]: expected a torch.Tensor, found {type(tensor).__name__}")
         tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
         pointer = tensor.untyped_storage().data_ptr()
         tensor = tensor.clone() if pointer in seen else tensor
         seen.add(pointer)

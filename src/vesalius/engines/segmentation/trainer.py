@@ -272,5 +272,6 @@ def train_fold(
         state_dict=final_weights,
         overwrite=True,
         postprocessing=postprocessing,
+        weights_dtype=torch.float16,  # half the size; inference runs in bf16 or fp32 from these values
     )
     return FoldResult(fold, len(history), best_epoch, best_dice, package, curves, history)
