@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT := demo-output
 
-.PHONY: setup demo test lint typecheck contracts pytest bench clean
+.PHONY: setup demo test lint typecheck contracts pytest bench clean model-hippocampus
 
 setup: $(STAMP)
 
@@ -37,6 +37,19 @@ test: lint typecheck contracts pytest
 
 bench: setup
 	$(BIN)/python benchmarks/io_series_load.py
+
+# The shipped hippocampus model: plan, 5-fold cross-validation (its figures go into the package), then all cases.
+# A 16-filter network at batch 2 so that a 2-core CPU trains it in about an hour (see docs/models.md).
+HIPPOCAMPUS ?= ../shared/data/hippocampus
+HIPPOCAMPUS_RUN ?= runs/hippocampus
+HIPPOCAMPUS_SCHEDULE ?= --epochs 30 --iterations 100
+model-hippocampus: setup
+	$(BIN)/vesalius plan $(HIPPOCAMPUS) --base-filters 16 --batch-size 2 -o $(HIPPOCAMPUS_RUN)/plan.json
+	$(BIN)/vesalius train $(HIPPOCAMPUS) --plan $(HIPPOCAMPUS_RUN)/plan.json --fold cv $(HIPPOCAMPUS_SCHEDULE) -o $(HIPPOCAMPUS_RUN)
+	$(BIN)/vesalius train $(HIPPOCAMPUS) --plan $(HIPPOCAMPUS_RUN)/plan.json --fold all $(HIPPOCAMPUS_SCHEDULE) -o $(HIPPOCAMPUS_RUN)
+	rm -rf models/hippocampus/package && mkdir -p models/hippocampus
+	cp -r $(HIPPOCAMPUS_RUN)/all/model models/hippocampus/package
+	cp $(HIPPOCAMPUS_RUN)/cv_summary.md $(HIPPOCAMPUS_RUN)/all/training_curves.png models/hippocampus/
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -32,3 +32,18 @@ def test_plan_names_the_missing_label_file(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "case_0.nii.gz" in result.output
     assert "Traceback" not in result.output
+
+
+def test_plan_takes_a_narrower_network_and_a_batch_size_for_small_compute(tmp_path: Path) -> None:
+    cases = [blob_case(f"case_{n}", (24, 20, 16), (1.0, 1.0, 1.0), seed=n) for n in range(3)]
+    dataset = write_msd(tmp_path / "Fake", cases)
+    out = tmp_path / "cpu.plan.json"
+    arguments = ["plan", str(dataset), "-o", str(out), "--base-filters", "8", "--batch-size", "3"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    plan = SegmentationPlan.load(out)
+    assert plan.batch_size == 3
+    assert plan.network.filters[:3] == [8, 16, 32]
+    bad = runner.invoke(app, ["plan", str(dataset), "-o", str(out), "--base-filters", "0"])
+    assert bad.exit_code == 2
+    assert "base_filters" in bad.output

@@ -125,11 +125,17 @@ def plan(
     ] = None,
     memory_budget_gb: Annotated[float, typer.Option(help="GPU memory the patch and batch size must fit.")] = 8.0,
     workers: Annotated[int, typer.Option(help="Processes reading cases for the fingerprint.")] = 1,
+    base_filters: Annotated[int, typer.Option(help="Filters of the first stage, doubling per stage.")] = 32,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Patches per step [default: from the memory budget and dataset size].")
+    ] = None,
 ) -> None:
     """Fingerprint a segmentation dataset and write the plan derived from it (a readable, editable JSON file)."""
     from vesalius.engines.common.plan import plan_dataset
 
-    fingerprint, derived = plan_dataset(dataset, memory_budget_gb=memory_budget_gb, workers=workers)
+    fingerprint, derived = plan_dataset(
+        dataset, memory_budget_gb=memory_budget_gb, workers=workers, base_filters=base_filters, batch_size=batch_size
+    )
     plan_file = output or Path(f"{derived.dataset_name}.plan.json")
     derived.save(plan_file)
     fingerprint_file = plan_file.parent / f"{derived.dataset_name}.fingerprint.json"

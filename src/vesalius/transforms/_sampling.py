@@ -97,16 +97,19 @@ def sample(
     channels = work.shape[3:]
     result = np.empty(tuple(target_shape) + channels, dtype=out_dtype)
     for channel in np.ndindex(*channels):
-        result[(..., *channel)] = ndimage.affine_transform(
+        kwargs: dict[str, Any] = {"output": result} if not channels else {"output": out_dtype}
+        sampled = ndimage.affine_transform(  # a 3-D volume is written in place: no second target-sized buffer
             work[(..., *channel)],
             transform,
             offset=offset,
             output_shape=tuple(target_shape),
-            output=out_dtype,
             order=order,
             mode="nearest",
             prefilter=order > 1,
+            **kwargs,
         )
+        if channels:
+            result[(..., *channel)] = sampled
     if fill is not None:
         inside = inside_mask(
             (int(array.shape[0]), int(array.shape[1]), int(array.shape[2])),

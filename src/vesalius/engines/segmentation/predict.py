@@ -146,7 +146,7 @@ class Predictor:
                 continue
             better = channel > best  # ties keep the lower class, as argmax does
             labels[better] = index
-            best = np.where(better, channel, best)
+            np.maximum(best, channel, out=best)
         kept = [c for c, keep in sorted(self.postprocessing.items()) if keep]
         if kept:
             labels = keep_largest_component(labels, kept)

@@ -30,21 +30,38 @@ from vesalius.engines.common.plan import CTNormalization, SegmentationPlan, ZSco
 from vesalius.transforms import resample
 
 _EPSILON = 1e-8
+_SLAB = 1 << 22
 
 __all__ = ["normalize_channel", "preprocess_case", "preprocess_image", "preprocess_label"]
+
+
+def _mean_std(values: npt.NDArray[np.float32]) -> tuple[float, float]:
+    """Mean and standard deviation in float64, slab by slab, so no float64 copy of a large volume is made."""
+    flat = values.reshape(-1)
+    count = flat.size
+    total = sum(float(flat[i : i + _SLAB].sum(dtype=np.float64)) for i in range(0, count, _SLAB))
+    mean = total / max(count, 1)
+    squares = 0.0
+    for i in range(0, count, _SLAB):
+        deviation = flat[i : i + _SLAB].astype(np.float64) - mean
+        squares += float(np.dot(deviation, deviation))
+    return mean, (squares / max(count, 1)) ** 0.5
 
 
 def normalize_channel(
     values: npt.NDArray[Any], scheme: CTNormalization | ZScoreNormalization
 ) -> npt.NDArray[np.float32]:
-    """One channel normalized as the plan says, in float32 (statistics are computed in float64)."""
-    data = np.asarray(values, dtype=np.float64)
+    """One channel normalized as the plan says: a float32 copy changed in place (statistics in float64)."""
+    data = np.array(values, dtype=np.float32)
     if isinstance(scheme, CTNormalization):
         low, high = scheme.clip
-        data = (np.clip(data, low, high) - scheme.mean) / scheme.std
+        np.clip(data, low, high, out=data)
+        mean, std = scheme.mean, scheme.std
     else:
-        data = (data - data.mean()) / max(float(data.std()), _EPSILON)
-    return data.astype(np.float32)
+        mean, std = _mean_std(data)
+    data -= np.float32(mean)
+    data /= np.float32(max(std, _EPSILON))
+    return data
 
 
 def _channels_last(image: Volume) -> npt.NDArray[Any]:
@@ -60,9 +77,12 @@ def preprocess_image(image: Volume, plan: SegmentationPlan) -> Volume:
             f"image has {channels} channel(s) but the plan ({plan.dataset_name}) expects "
             f"{len(plan.normalization)} ({', '.join(plan.modalities)})"
         )
-    normalized = np.empty(array.shape, dtype=np.float32)
-    for channel, scheme in enumerate(plan.normalization):
-        normalized[..., channel] = normalize_channel(array[..., channel], scheme)
+    if channels == 1:  # the common case: no second volume-sized buffer
+        normalized = normalize_channel(array[..., 0], plan.normalization[0])[..., None]
+    else:
+        normalized = np.empty(array.shape, dtype=np.float32)
+        for channel, scheme in enumerate(plan.normalization):
+            normalized[..., channel] = normalize_channel(array[..., channel], scheme)
     result = resample(image.with_array(normalized), plan.target_spacing, interpolation="linear")
     return result.with_array(np.ascontiguousarray(result.array, dtype=np.float32))
 
