@@ -47,15 +47,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from _common import DOCS_MD, REPO, machine, update_docs
+
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from vesalius.core.volume import Volume
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS_JSON = REPO / "benchmarks" / "results" / "io_series_load.json"
-DOCS_MD = REPO / "docs" / "benchmarks.md"
 MARK_START = "<!-- io_series_load:start -->"
 MARK_END = "<!-- io_series_load:end -->"
 AFFINE_TOLERANCE_MM = 1e-3
@@ -686,27 +686,6 @@ def render_checks(checks: list[SeriesCheck]) -> str:
     return "\n".join(lines + (["", *notes] if notes else []))
 
 
-def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
-        model = names[0] if names else model
-    memory_gib = None
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gib = round(int(line.split()[1]) / 1024**2, 1)
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "memory_gib": memory_gib,
-        "os": f"{platform.system()} {platform.release()}",
-    }
-
-
 def versions(dcm2niix: str) -> dict[str, str]:
     found = {"python": platform.python_version()}
     for name in ("vesalius", "numpy", "scipy", "pydicom", "nibabel", "SimpleITK"):
@@ -785,18 +764,6 @@ def render_section(report: dict[str, Any], rows: list[Row], checks: list[SeriesC
     )
 
 
-def update_docs(section: str, path: Path = DOCS_MD) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if MARK_START in text and MARK_END in text:
-        before, rest = text.split(MARK_START, 1)
-        after = rest.split(MARK_END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def run(data: Path, runs: int, wait_idle: float) -> int:
     missing = [str(data / d.folder) for d in DATASETS if not (data / d.folder).is_dir()]
     if missing:
@@ -843,7 +810,7 @@ def run(data: Path, runs: int, wait_idle: float) -> int:
     print(render_checks(checks))
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    update_docs(section)
+    update_docs("io_series_load", section)
     print(f"\nWrote {RESULTS_JSON.relative_to(REPO)} and {DOCS_MD.relative_to(REPO)}")
     return 0
 

@@ -15,6 +15,7 @@ from vesalius.cli.main import app
 from vesalius.engines.common.package import load_package
 
 runner = CliRunner()
+FP32_QUARTER = ["--precision", "fp32", "--overlap", "0.25"]
 
 
 @pytest.fixture
@@ -51,13 +52,26 @@ def test_predict_with_the_folds_of_a_training_folder(blobs: tuple[Path, Path], t
         assert runner.invoke(app, [*arguments, "--epochs", "1", "--iterations", "2"]).exit_code == 0
     image = dataset / "imagesTr" / "c0.nii.gz"
     result = runner.invoke(
-        app, ["predict", str(tmp_path / "runs"), str(image), "-o", str(tmp_path / "out"), "--no-tta"]
+        app,
+        ["predict", str(tmp_path / "runs"), str(image), "-o", str(tmp_path / "out"), "--no-tta", *FP32_QUARTER],
     )
     assert result.exit_code == 0, result.output
     assert "2 model package(s)" in result.output
     written = nib.load(tmp_path / "out" / "c0.nii.gz")
     assert np.allclose(written.affine, nib.load(image).affine)
     assert written.shape == (24, 24, 20)
+
+
+def test_predict_names_a_bad_precision(blobs: tuple[Path, Path], tmp_path: Path) -> None:
+    dataset, plan_file = blobs
+    arguments = ["train", str(dataset), "--fold", "0", "--plan", str(plan_file), "-o", str(tmp_path / "runs")]
+    assert runner.invoke(app, [*arguments, "--epochs", "1", "--iterations", "1"]).exit_code == 0
+    image = dataset / "imagesTr" / "c0.nii.gz"
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "runs"), str(image), "-o", str(tmp_path / "o"), "--precision", "fp8"]
+    )
+    assert result.exit_code == 2
+    assert "unknown precision 'fp8'" in result.output
 
 
 def test_predict_refuses_a_folder_without_packages(tmp_path: Path) -> None:

@@ -257,6 +257,9 @@ def predict(
     device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
     tta: Annotated[bool, typer.Option(help="Average over mirrored inputs (test-time augmentation).")] = True,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    overlap: Annotated[
+        float, typer.Option(help="Overlap of neighbouring windows, 0 to <1; 0.5 as nnU-Net, lower is faster.")
+    ] = 0.5,
 ) -> None:
     """Segment each input with the model (or the ensemble of folds); each label map lies on its input's grid."""
     from vesalius.engines.common.precision import pick_device
@@ -276,6 +279,7 @@ def predict(
         tta=tta,
         postprocessing=postprocessing,
         precision=precision,
+        overlap=overlap,
     )
     typer.echo(f"{len(packages)} model package(s): {', '.join(str(p) for p in packages)}")
     for path in written:

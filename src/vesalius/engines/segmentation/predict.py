@@ -170,6 +170,7 @@ def predict_files(
     tta: bool = True,
     postprocessing: Mapping[int, bool] | None = None,
     precision: str = "auto",
+    overlap: float = 0.5,
 ) -> list[Path]:
     """Segment each input (NIfTI/NRRD/MHA file or DICOM folder) and write a NIfTI label map per input.
 
@@ -181,6 +182,7 @@ def predict_files(
         tta=tta,
         postprocessing=postprocessing,
         precision=precision,
+        overlap=overlap,
     )
     output = Path(output_dir)
     sources = [Path(item) for item in inputs]

@@ -247,6 +247,8 @@ def train_fold(
     metrics = {
         "fold": fold,
         "epochs": len(history),
+        "iterations_per_epoch": steps,
+        "batch_size": plan.batch_size,
         "best_epoch": best_epoch,
         "validation_dice": best_dice,
         "validation_cases": validation_ids,
