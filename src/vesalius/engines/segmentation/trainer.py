@@ -76,6 +76,18 @@ def _validation_dice(
     return scores
 
 
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _gpu_utilisation(device: torch.device) -> list[float]:
+    """The GPU's busy percentage over the last sample period (NVML); empty when NVML is not available."""
+    try:
+        return [float(torch.cuda.utilization(device))]
+    except (RuntimeError, ModuleNotFoundError):
+        return []
+
+
 def _train_epoch(
     network: torch.nn.Module,
     batches: Iterator[Batch],
@@ -91,6 +103,7 @@ def _train_epoch(
     The network runs under autocast when ``dtype`` is set; the loss is computed in float32.
     """
     losses, waited, started = [], 0.0, time.perf_counter()
+    utilisation: list[float] = []
     for _ in range(steps):
         before = time.perf_counter()
         batch = next(batches)
@@ -108,11 +121,14 @@ def _train_epoch(
         scaler.step(optimizer)
         scaler.update()
         losses.append(float(loss.detach()))
+        if target.type == "cuda" and len(losses) % 10 == 0:
+            utilisation.extend(_gpu_utilisation(target))
     elapsed = time.perf_counter() - started
     return {
         "loss": float(np.mean(losses)),
         "seconds": elapsed,
         "data_wait_fraction": waited / elapsed if elapsed else 0.0,
+        **({"gpu_utilisation": float(np.mean(utilisation))} if utilisation else {}),
     }
 
 
@@ -253,6 +269,7 @@ def train_fold(
         "validation_dice": best_dice,
         "validation_cases": validation_ids,
         "data_wait_fraction": float(np.mean([h["data_wait_fraction"] for h in history])),
+        "gpu_utilisation": _mean_or_none([h["gpu_utilisation"] for h in history if "gpu_utilisation" in h]),
         "device": str(target),
         "precision": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
         "training_seconds": float(sum(h["seconds"] for h in history)),
