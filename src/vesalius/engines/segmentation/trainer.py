@@ -24,13 +24,13 @@ from safetensors.torch import load_file, save_file
 from vesalius.engines.common.checkpoint import load_checkpoint, save_checkpoint
 from vesalius.engines.common.curves import plot_curves
 from vesalius.engines.common.cv import load_or_make_split
-from vesalius.engines.common.dataset import SegmentationDataset, load_case, read_msd_dataset
+from vesalius.engines.common.dataset import SegmentationDataset, read_msd_dataset
 from vesalius.engines.common.fingerprint import DatasetFingerprint, compute_fingerprint
 from vesalius.engines.common.metrics.segmentation import dice
 from vesalius.engines.common.package import save_package
 from vesalius.engines.common.plan import SegmentationPlan
 from vesalius.engines.common.precision import autocast_dtype, pick_device
-from vesalius.engines.segmentation.preprocess import preprocess_case
+from vesalius.engines.segmentation.cache import preprocessed_arrays
 from vesalius.engines.segmentation.run_layout import stored_cv_metrics, stored_postprocessing
 from vesalius.engines.segmentation.sampling import Batch, TrainingLoader, sampler_from_plan, training_case
 from vesalius.engines.segmentation.sliding_window import sliding_window_probabilities
@@ -142,13 +142,13 @@ def _fingerprint(dataset: SegmentationDataset, cache: Path) -> DatasetFingerprin
 
 
 def _prepare(
-    dataset: SegmentationDataset, case_ids: list[str], plan: SegmentationPlan
+    dataset: SegmentationDataset, case_ids: list[str], plan: SegmentationPlan, cache_dir: Path | None
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     by_id = {case.case_id: case for case in dataset.cases}
     prepared = []
     for case_id in case_ids:
-        image, label = preprocess_case(load_case(dataset, by_id[case_id]), plan)
-        prepared.append((case_id, image.array, label.array))
+        image, label = preprocessed_arrays(dataset, by_id[case_id], plan, cache_dir)
+        prepared.append((case_id, image, label))
     return prepared
 
 
@@ -165,8 +165,12 @@ def train_fold(
     resume: bool = True,
     progress: Progress | None = None,
     precision: str = "auto",
+    cache: bool = True,
 ) -> FoldResult:
-    """Train fold ``fold`` of the stored split (None: every case, no validation) and package the model."""
+    """Train fold ``fold`` of the stored split (None: every case, no validation) and package the model.
+
+    With ``cache`` the preprocessed cases are kept in ``output_dir/preprocessed`` for the other folds.
+    """
     dataset = read_msd_dataset(dataset_dir)
     output = Path(output_dir)
     run_dir = output / (f"fold_{fold}" if fold is not None else "all")
@@ -178,13 +182,14 @@ def train_fold(
     target = torch.device(pick_device(device))
     torch.manual_seed(plan.training.seed + (fold or 0))
     total_epochs = epochs or plan.training.epochs
+    cache_dir = output / "preprocessed" if cache else None
     steps = iterations_per_epoch or plan.training.iterations_per_epoch
 
     training_cases = [
         training_case(case_id, image, label, seed=plan.training.seed)
-        for case_id, image, label in _prepare(dataset, train_ids, plan)
+        for case_id, image, label in _prepare(dataset, train_ids, plan, cache_dir)
     ]
-    validation_cases = [(image, label) for _, image, label in _prepare(dataset, validation_ids, plan)]
+    validation_cases = [(image, label) for _, image, label in _prepare(dataset, validation_ids, plan, cache_dir)]
     sampler = sampler_from_plan(training_cases, plan, seed=plan.training.seed + (fold or 0))
     loader = TrainingLoader(sampler, workers=workers, pin_memory=target.type == "cuda")
 
