@@ -29,6 +29,7 @@ __all__ = [
     "ClassificationDataset",
     "ImageSource",
     "Item",
+    "is_image_file",
     "load_image",
     "read_class_folders",
     "read_classification_dataset",
@@ -80,7 +81,8 @@ class ClassificationDataset:
         return np.asarray([item.label for item in self.items], dtype=np.int64)
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
+    """PNG, JPEG, DICOM with a suffix, or a volume file; hidden files are not."""
     name = path.name.lower()
     return not name.startswith(".") and (name.endswith(IMAGE_SUFFIXES) or name.endswith(VOLUME_SUFFIXES))
 
@@ -98,7 +100,7 @@ def read_class_folders(root: Path | str, patient_pattern: str | None = None) -> 
     pattern = re.compile(patient_pattern) if patient_pattern else None
     items: list[Item] = []
     for index, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and _is_image(p))
+        files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and is_image_file(p))
         if not files:
             raise DatasetError(f"{folder / name}: class folder holds no PNG, JPEG, DICOM or volume files")
         for file in files:

@@ -1,0 +1,326 @@
+"""The classification engine end to end: plan a dataset, train a fold, calibrate, package, predict.
+
+Three disjoint sets per fold, so no reported figure was tuned on the cases it is reported on:
+- *training*: the fold's training patients minus a selection share;
+- *selection* (15% of the training patients, grouped and stratified): picks the best epoch, fits the
+  temperature and chooses the operating point;
+- *evaluation*: the fold's held-out patients (``--fold K``), or the source's own validation split
+  (``--fold official``, MedMNIST's ``val``); the package's metrics and PNGs are computed on it alone.
+Items the source marks ``test`` are never used.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from vesalius.core.errors import InputError
+from vesalius.engines.classification.dataset import (
+    ClassificationDataset,
+    ImageSource,
+    Item,
+    is_image_file,
+    load_image,
+    read_classification_dataset,
+    resize,
+)
+from vesalius.engines.classification.networks import ClassificationNetwork
+from vesalius.engines.classification.plan import ClassificationPlan, TaskKind, make_classification_plan
+from vesalius.engines.classification.trainer import (
+    ImageSet,
+    Progress,
+    main_probabilities,
+    predict_logits,
+    train_classifier,
+)
+from vesalius.engines.common.calibration import apply_temperature, calibration_report, fit_temperature
+from vesalius.engines.common.calibration import reliability_diagram as write_reliability_png
+from vesalius.engines.common.cv import load_or_make_split, make_split
+from vesalius.engines.common.metrics.classification import (
+    choose_operating_point,
+    classification_report,
+    write_confusion_png,
+    write_roc_png,
+)
+from vesalius.engines.common.package import ModelPackage, load_package, save_package
+from vesalius.engines.common.precision import autocast_dtype, pick_device
+
+SELECTION_FOLDS = 7  # one of seven: about 15% of the training patients
+_EPSILON = 1e-6
+
+__all__ = ["FitResult", "fit_classifier", "plan_classification", "predict_classification", "prepare_images"]
+
+
+@dataclass
+class FitResult:
+    package: Path
+    metrics: dict[str, Any]
+    run_dir: Path
+
+
+def normalise(pixels: npt.NDArray[np.float32], scheme: str) -> npt.NDArray[np.float32]:
+    """Per image: z-score over every pixel, or divide by the 8-bit maximum."""
+    if scheme == "unit":
+        scaled: npt.NDArray[np.float32] = pixels / np.float32(255.0)
+        return scaled
+    standard: npt.NDArray[np.float32] = (pixels - pixels.mean()) / np.float32(max(float(pixels.std()), _EPSILON))
+    return standard
+
+
+def prepare_image(pixels: npt.NDArray[np.float32], plan: ClassificationPlan) -> npt.NDArray[np.float32]:
+    """Channels to the plan's count, 2.5-D slab from the central slices, resize, normalise."""
+    if pixels.shape[0] != plan.channels:
+        pixels = pixels.mean(axis=0, keepdims=True) if plan.channels == 1 else np.repeat(pixels[:1], plan.channels, 0)
+    if plan.slices > 1:
+        if pixels.ndim != 4:
+            raise InputError(f"2.5-D needs volumes; got an image of shape {pixels.shape[1:]}")
+        centre, half = pixels.shape[1] // 2, plan.slices // 2
+        indices = np.clip(np.arange(centre - half, centre + half + 1), 0, pixels.shape[1] - 1)
+        pixels = pixels[0, indices]
+    if pixels.ndim - 1 != len(plan.input_size):
+        raise InputError(f"the plan takes {len(plan.input_size)}-D inputs; got shape {pixels.shape[1:]}")
+    return normalise(resize(pixels, plan.input_size), plan.normalization)
+
+
+def prepare_images(sources: Sequence[ImageSource], plan: ClassificationPlan) -> npt.NDArray[np.float32]:
+    return np.stack([prepare_image(load_image(source), plan) for source in sources]).astype(np.float32)
+
+
+def _kind(dataset: ClassificationDataset, kind: str | None) -> TaskKind:
+    if kind is not None:
+        if kind not in ("binary", "multiclass", "ordinal", "multilabel"):
+            raise InputError(f"unknown task kind {kind!r}: binary, multiclass, ordinal or multilabel")
+        return kind  # type: ignore[return-value]
+    if dataset.multilabel:
+        return "multilabel"
+    return "binary" if len(dataset.class_names) == 2 else "multiclass"
+
+
+def plan_classification(
+    dataset: ClassificationDataset,
+    kind: str | None = None,
+    slices: int = 1,
+    architecture: str | None = None,
+    sample: int = 64,
+) -> ClassificationPlan:
+    """Median image size and channels from up to ``sample`` items, class counts from all of them."""
+    usable = [item for item in dataset.items if item.split != "test"]
+    step = max(1, len(usable) // sample)
+    shapes = [load_image(item.source).shape for item in usable[::step][:sample]]
+    channels = int(np.median([s[0] for s in shapes]))
+    median = [float(np.median([s[axis] for s in shapes])) for axis in range(1, len(shapes[0]))]
+    return make_classification_plan(
+        dataset_name=dataset.name,
+        kind=_kind(dataset, kind),
+        class_names=dataset.class_names,
+        class_counts=dataset.class_counts(),
+        median_size=median,
+        channels=1 if channels not in (1, 3) else channels,
+        extra_targets=dataset.extra_targets,
+        slices=slices,
+        architecture=architecture,
+    )
+
+
+def _image_set(items: list[Item], plan: ClassificationPlan) -> ImageSet:
+    extra = {name: np.asarray([item.extra.get(name, 0) for item in items], np.int64) for name in plan.extra_targets}
+    return ImageSet(
+        ids=[item.item_id for item in items],
+        images=prepare_images([item.source for item in items], plan),
+        labels=np.asarray([item.label for item in items], dtype=np.int64),
+        extra=extra,
+    )
+
+
+def _strata(items: list[Item]) -> dict[str, Any]:
+    return {item.item_id: item.label if isinstance(item.label, int) else sum(item.label) for item in items}
+
+
+def split_items(
+    dataset: ClassificationDataset, plan: ClassificationPlan, fold: int | Literal["official"], run_root: Path
+) -> tuple[list[Item], list[Item], list[Item]]:
+    """(training, selection, evaluation) items of ``fold``; see the module notes."""
+    usable = [item for item in dataset.items if item.split != "test"]
+    if fold == "official":
+        pool = [item for item in usable if item.split in (None, "train")]
+        evaluation = [item for item in usable if item.split == "val"]
+        if not evaluation:
+            raise InputError(f"{dataset.name}: no 'val' split in the source; use --fold 0..{plan.folds - 1}")
+    else:
+        groups = {item.item_id: item.patient_id for item in usable}
+        split = load_or_make_split(
+            run_root / "splits.json", list(groups), plan.folds, plan.seed, groups=groups, strata=_strata(usable)
+        )
+        held_out = set(split.fold(fold).validation)
+        pool = [item for item in usable if item.item_id not in held_out]
+        evaluation = [item for item in usable if item.item_id in held_out]
+    inner = make_split(
+        [item.item_id for item in pool],
+        SELECTION_FOLDS,
+        plan.seed,
+        groups={item.item_id: item.patient_id for item in pool},
+        strata=_strata(pool),
+    )
+    chosen = set(inner.fold(0).validation)
+    return [i for i in pool if i.item_id not in chosen], [i for i in pool if i.item_id in chosen], evaluation
+
+
+def _calibrated(plan: ClassificationPlan, logits: npt.NDArray[np.float32], temperature: float) -> npt.NDArray[Any]:
+    if plan.kind in ("binary", "multiclass"):
+        return apply_temperature(logits, temperature)
+    return main_probabilities(plan, logits)
+
+
+def fit_classifier(
+    dataset_path: Path | str,
+    plan: ClassificationPlan,
+    fold: int | Literal["official"],
+    output_dir: Path | str,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    epochs: int | None = None,
+    progress: Progress | None = None,
+    dataset_options: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train one fold, calibrate and choose the operating point on the selection set, report on evaluation."""
+    dataset = read_classification_dataset(dataset_path, **(dataset_options or {}))
+    root = Path(output_dir)
+    run = root / (f"fold_{fold}" if fold != "official" else "official")
+    training, selection, evaluation = split_items(dataset, plan, fold, root)
+    train_set, selection_set = _image_set(training, plan), _image_set(selection, plan)
+    result = train_classifier(
+        plan, train_set, selection_set, run, device=device, precision=precision, epochs=epochs, progress=progress
+    )
+    temperature, threshold = 1.0, None
+    if plan.kind in ("binary", "multiclass"):
+        temperature = fit_temperature(result.validation_logits["main"], selection_set.labels)
+    if plan.kind == "binary":
+        calibrated = _calibrated(plan, result.validation_logits["main"], temperature)
+        threshold = choose_operating_point(selection_set.labels, calibrated[:, 1])
+    network = ClassificationNetwork.build(plan.network)
+    network.load_state_dict(result.state_dict)
+    target = pick_device(device)
+    evaluation_set = _image_set(evaluation, plan)
+    logits = predict_logits(network.to(target), evaluation_set.images, target, autocast_dtype(target, precision))
+    probabilities = _calibrated(plan, logits["main"], temperature)
+    report = classification_report(evaluation_set.labels, probabilities, plan.kind, plan.class_names, threshold)
+    write_roc_png(run / "roc.png", evaluation_set.labels, probabilities, plan.class_names)
+    if report.confusion:
+        write_confusion_png(run / "confusion.png", report.confusion, plan.class_names)
+    metrics: dict[str, Any] = {
+        "fold": fold,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "selection_score": result.best_score,
+        "training_seconds": result.seconds,
+        "cases": {"training": len(training), "selection": len(selection), "evaluation": len(evaluation)},
+        "evaluation": json.loads(report.model_dump_json()),
+    }
+    if plan.kind in ("binary", "multiclass"):
+        calibration = calibration_report(logits["main"], evaluation_set.labels, temperature)
+        metrics["calibration"] = calibration.model_dump()
+        write_reliability_png(
+            run / "reliability.png",
+            evaluation_set.labels,
+            _calibrated(plan, logits["main"], 1.0),
+            probabilities,
+        )
+    (run / "evaluation.md").write_text(f"# {dataset.name}, fold {fold}: evaluation set\n\n{report.to_table()}\n")
+    listing = "\n".join(f"{item.item_id}\t{item.label}" for item in dataset.items)
+    fingerprint = {
+        "name": dataset.name,
+        "items": len(dataset.items),
+        "class_counts": dataset.class_counts(),
+        "content_hash": "sha256:" + hashlib.sha256(listing.encode()).hexdigest(),
+    }
+    package = save_package(
+        run / "model",
+        name=dataset.name.lower().replace(" ", "-").replace("_", "-"),
+        version="0.1.0",
+        task="classification",
+        labels=dict(enumerate(plan.class_names)),
+        plan=plan,
+        metrics=metrics,
+        data_fingerprint=fingerprint,
+        state_dict=result.state_dict,
+        overwrite=True,
+        postprocessing={"temperature": temperature, "threshold": threshold},
+        weights_dtype=torch.float16,
+    )
+    return FitResult(package=package, metrics=metrics, run_dir=run)
+
+
+def _input_sources(inputs: Sequence[Path | str]) -> list[tuple[str, ImageSource]]:
+    """Each input file; each image file in a folder of images (a folder of DICOM without suffixes is one volume);
+    every image of each ``*_images`` array of a .npz (named ``file:array:index``)."""
+    sources: list[tuple[str, ImageSource]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        if path.suffix.lower() == ".npz":
+            with np.load(path) as archive:
+                arrays = [(key, len(archive[key])) for key in archive.files if key.endswith("_images")]
+            if not arrays:
+                raise InputError(f"{path}: no '*_images' arrays in the .npz")
+            sources += [(f"{path}:{key}:{i}", ImageSource(path, key, i)) for key, n in arrays for i in range(n)]
+        elif path.is_dir() and (images := sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))):
+            sources += [(str(image), ImageSource(image)) for image in images]  # a folder of images
+        else:
+            sources.append((str(path), ImageSource(path)))  # an image file, or a DICOM series folder as a volume
+    return sources
+
+
+def predict_classification(
+    package_dir: Path | str,
+    inputs: Sequence[Path | str],
+    output_dir: Path | str,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 64,
+) -> Path:
+    """Write ``predictions.csv``: input, predicted label, one calibrated probability column per class."""
+    package: ModelPackage = load_package(package_dir)
+    if package.manifest.task != "classification":
+        raise InputError(f"{package_dir}: a {package.manifest.task} package, not a classification one")
+    plan = ClassificationPlan.model_validate(package.manifest.plan)
+    temperature = float(package.manifest.postprocessing.get("temperature", 1.0))
+    threshold = package.manifest.postprocessing.get("threshold")
+    network = ClassificationNetwork.build(plan.network)
+    network.load_state_dict(package.state_dict())
+    target = pick_device(device)
+    network = network.to(target)
+    dtype = autocast_dtype(target, precision)
+    sources = _input_sources(inputs)
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    file = output / "predictions.csv"
+    with file.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["input", "predicted", *[f"p_{name}" for name in plan.class_names]])
+        for start in range(0, len(sources), batch_size):
+            chunk = sources[start : start + batch_size]
+            images = prepare_images([source for _, source in chunk], plan)
+            logits = predict_logits(network, images, target, dtype)["main"]
+            probabilities = _calibrated(plan, logits, temperature)
+            for (name, _), row in zip(chunk, probabilities, strict=True):
+                if plan.kind == "binary" and threshold is not None:
+                    index = int(row[1] >= threshold)
+                    predicted = plan.class_names[index]
+                elif plan.kind == "multilabel":
+                    predicted = ";".join(n for n, p in zip(plan.class_names, row, strict=True) if p >= 0.5)
+                else:
+                    predicted = plan.class_names[int(np.argmax(row))]
+                writer.writerow([name, predicted, *[f"{p:.6f}" for p in row]])
+    return file

@@ -1,0 +1,105 @@
+"""End to end: plan, train a fold, calibrate and choose the operating point on selection data, report on
+held-out data, package, and predict a CSV for files and .npz arrays."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vesalius.core.errors import InputError
+from vesalius.engines.classification.dataset import read_classification_dataset, read_medmnist
+from vesalius.engines.classification.engine import (
+    fit_classifier,
+    plan_classification,
+    predict_classification,
+    split_items,
+)
+from vesalius.engines.classification.plan import ClassificationPlan
+from vesalius.engines.common.package import load_package
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def toy_image(label: int, rng: np.random.Generator) -> np.ndarray:
+    image = rng.normal(100, 20, (40, 40))
+    row = 6 + 20 * label
+    image[row : row + 12, 14:26] += 80
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def class_folders(root: Path, per_class: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["NORMAL", "PNEUMONIA"]):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            Image.fromarray(toy_image(label, rng)).save(root / name / f"person{index}_{name}_{label}.png")
+    return root
+
+
+def small(plan: ClassificationPlan) -> ClassificationPlan:
+    network = plan.network.model_copy(update={"architecture": "resnet10", "width": 0.25})
+    return plan.model_copy(update={"network": network, "epochs": 4, "batch_size": 16, "learning_rate": 3e-3})
+
+
+def test_a_fold_is_trained_calibrated_reported_and_packaged(tmp_path: Path) -> None:
+    data = class_folders(tmp_path / "cxr")
+    options = {"patient_pattern": r"(?P<patient>person\d+)_"}
+    dataset = read_classification_dataset(data, **options)
+    plan = small(plan_classification(dataset))
+    assert plan.input_size == [48, 48]
+    training, selection, evaluation = split_items(dataset, plan, 0, tmp_path / "run")
+    patients = [{item.patient_id for item in part} for part in (training, selection, evaluation)]
+    assert not (patients[0] & patients[1])
+    assert not (patients[0] & patients[2])
+    assert not (patients[1] & patients[2])
+    result = fit_classifier(data, plan, 0, tmp_path / "run", device="cpu", dataset_options=options)
+    manifest = load_package(result.package).manifest
+    assert manifest.task == "classification"
+    evaluation_auc = manifest.metrics["evaluation"]["metrics"]["auc"]
+    assert evaluation_auc["value"] > 0.9
+    assert evaluation_auc["ci_low"] <= evaluation_auc["value"] <= evaluation_auc["ci_high"]
+    assert manifest.metrics["cases"]["evaluation"] == len(evaluation)
+    assert manifest.postprocessing["temperature"] > 0
+    assert 0 <= manifest.postprocessing["threshold"] <= 1
+    assert "ece_after" in manifest.metrics["calibration"]
+    for name in ("roc.png", "confusion.png", "reliability.png", "training_curves.png", "evaluation.md"):
+        assert (result.run_dir / name).stat().st_size > 0
+
+    image = data / "PNEUMONIA" / "person3_PNEUMONIA_1.png"
+    written = predict_classification(result.package, [image, data / "NORMAL"], tmp_path / "out", device="cpu")
+    assert written == tmp_path / "out" / "predictions.csv"
+    rows = list(csv.DictReader(written.open()))
+    assert len(rows) == 41  # the image, then each of the 40 images in the NORMAL folder
+    assert rows[0]["predicted"] == "PNEUMONIA"
+    normal = sum(row["predicted"] == "NORMAL" for row in rows[1:])
+    assert normal >= 36
+
+
+def test_predictions_csv_has_a_row_per_input_and_per_npz_image(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 84)
+    images = np.stack([toy_image(int(label), rng)[:28, :28] for label in labels])
+    np.savez(
+        tmp_path / "toy.npz",
+        train_images=images[:70],
+        train_labels=labels[:70, None],
+        val_images=images[70:],
+        val_labels=labels[70:, None],
+    )
+    dataset = read_medmnist(tmp_path / "toy.npz")
+    plan = small(plan_classification(dataset))
+    result = fit_classifier(tmp_path / "toy.npz", plan, "official", tmp_path / "run", device="cpu", epochs=2)
+    assert result.metrics["cases"]["evaluation"] == 14
+    out = predict_classification(result.package, [tmp_path / "toy.npz"], tmp_path / "out", device="cpu")
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 84
+    assert rows[0]["input"].endswith("toy.npz:train_images:0")
+    assert rows[-1]["input"].endswith("toy.npz:val_images:13")
+    assert set(rows[0]) == {"input", "predicted", "p_0", "p_1"}
+    assert all(abs(float(r["p_0"]) + float(r["p_1"]) - 1) < 1e-4 for r in rows)
+    with pytest.raises(InputError, match="no such file"):
+        predict_classification(result.package, [tmp_path / "gone.png"], tmp_path / "out", device="cpu")
