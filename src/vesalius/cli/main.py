@@ -29,6 +29,9 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+DATASET_HELP = "Segmentation: an MSD folder (dataset.json). Classification: class folders, a CSV or a MedMNIST .npz."
+KIND_HELP = "Classification task: binary, multiclass, ordinal or multilabel [default: from the labels]."
+PATIENT_HELP = "Regular expression with a group 'patient' in file names, so no patient spans two folds."
 PRECISION_HELP = "'auto' (bf16 on GPUs and on CPUs with native bf16, else fp32), 'fp32', 'bf16' or 'fp16' (GPU)."
 
 
@@ -117,9 +120,7 @@ def convert(
 @app.command()
 @friendly_errors
 def plan(
-    dataset: Annotated[
-        Path, typer.Argument(help="A dataset in the Medical Segmentation Decathlon layout (dataset.json).")
-    ],
+    dataset: Annotated[Path, typer.Argument(help=DATASET_HELP)],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Plan file to write [default: ./<dataset name>.plan.json].")
     ] = None,
@@ -129,9 +130,20 @@ def plan(
     batch_size: Annotated[
         int | None, typer.Option(help="Patches per step [default: from the memory budget and dataset size].")
     ] = None,
+    kind: Annotated[str | None, typer.Option(help=KIND_HELP)] = None,
+    slices: Annotated[int, typer.Option(help="Classification of volumes as 2.5-D: slices stacked as channels.")] = 1,
+    architecture: Annotated[
+        str | None, typer.Option(help="Classification backbone: resnet18, densenet121, efficientnet-b0, vit...")
+    ] = None,
+    patient_pattern: Annotated[str | None, typer.Option(help=PATIENT_HELP)] = None,
 ) -> None:
-    """Fingerprint a segmentation dataset and write the plan derived from it (a readable, editable JSON file)."""
+    """Fingerprint a dataset and write the plan derived from it (a readable, editable JSON file)."""
+    from vesalius.cli import classification
     from vesalius.engines.common.plan import plan_dataset
+
+    if not classification.is_segmentation_dataset(dataset):
+        classification.plan(dataset, output, kind, slices, architecture, patient_pattern)
+        return
 
     fingerprint, derived = plan_dataset(
         dataset, memory_budget_gb=memory_budget_gb, workers=workers, base_filters=base_filters, batch_size=batch_size
@@ -153,15 +165,30 @@ def plan(
 @app.command()
 @friendly_errors
 def evaluate(
-    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps (NIfTI, NRRD, MHA).")],
-    references: Annotated[Path, typer.Argument(help="Folder of reference label maps with the same file names.")],
+    predictions: Annotated[
+        Path, typer.Argument(help="Folder of predicted label maps, or a classification predictions.csv.")
+    ],
+    references: Annotated[
+        Path, typer.Argument(help="Folder of reference label maps, or the labelled classification dataset.")
+    ],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Folder for evaluation.json and evaluation.md.")
     ] = None,
     tolerance_mm: Annotated[float, typer.Option(help="Surface Dice tolerance in millimetres.")] = 1.0,
+    kind: Annotated[str | None, typer.Option(help=KIND_HELP)] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Binary operating point (the package's postprocessing.threshold).")
+    ] = None,
+    patient_pattern: Annotated[str | None, typer.Option(help=PATIENT_HELP)] = None,
 ) -> None:
-    """Per-class Dice, HD95 and surface Dice per case, with mean, sd and bootstrap 95% CI per class."""
+    """Segmentation: Dice, HD95 and surface Dice per class; classification: AUC, accuracy, sensitivity,
+    specificity, F1 (QWK for grades); each with mean and bootstrap 95% CI."""
+    from vesalius.cli import classification
     from vesalius.engines.common.evaluate import evaluate_folders
+
+    if predictions.is_file() and predictions.suffix.lower() == ".csv":
+        classification.evaluate(predictions, references, output, kind, threshold, patient_pattern)
+        return
 
     report = evaluate_folders(predictions, references, tolerance_mm=tolerance_mm, output=output)
     typer.echo(report.to_table())
@@ -172,9 +199,13 @@ def evaluate(
 @app.command()
 @friendly_errors
 def train(
-    dataset: Annotated[Path, typer.Argument(help="A segmentation dataset in the MSD layout (dataset.json).")],
+    dataset: Annotated[Path, typer.Argument(help=DATASET_HELP)],
     fold: Annotated[
-        str, typer.Option(help="Fold 0..K-1; 'cv' for every fold plus the summary; 'all' to train on every case.")
+        str,
+        typer.Option(
+            help="Fold 0..K-1; segmentation: 'cv' for every fold plus the summary, 'all' for every case; "
+            "classification: 'official' for the source's own train/val split."
+        ),
     ] = "0",
     plan_file: Annotated[
         Path | None, typer.Option("--plan", help="Plan to use [default: derive one and save OUTPUT/plan.json].")
@@ -188,9 +219,16 @@ def train(
     workers: Annotated[int, typer.Option(help="Data-loading worker processes (0: in the main process).")] = 0,
     restart: Annotated[bool, typer.Option(help="Ignore an existing checkpoint instead of resuming it.")] = False,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    patient_pattern: Annotated[str | None, typer.Option(help=PATIENT_HELP)] = None,
 ) -> None:
-    """Train one fold of a segmentation plan (resuming its checkpoint) and write a model package."""
+    """Train one fold (resuming its checkpoint) and write a model package."""
     from rich.progress import Progress
+
+    from vesalius.cli import classification
+
+    if not classification.is_segmentation_dataset(dataset):
+        classification.train(dataset, fold, plan_file, output, epochs, device, precision, patient_pattern)
+        return
 
     from vesalius.engines.common.plan import SegmentationPlan, plan_dataset
     from vesalius.engines.segmentation.trainer import train_fold
@@ -252,8 +290,15 @@ def predict(
     model: Annotated[
         Path, typer.Argument(help="A model package, or a training folder whose fold_*/model packages are ensembled.")
     ],
-    inputs: Annotated[list[Path], typer.Argument(help="NIfTI/NRRD/MHA files or DICOM folders.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the label maps (NIfTI).")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="NIfTI/NRRD/MHA files or DICOM folders; for classification also images, image folders, .npz."
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the label maps (NIfTI) or predictions.csv.")
+    ],
     device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
     tta: Annotated[bool, typer.Option(help="Average over mirrored inputs (test-time augmentation).")] = True,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
@@ -261,7 +306,13 @@ def predict(
         float, typer.Option(help="Overlap of neighbouring windows, 0 to <1; 0.5 as nnU-Net, lower is faster.")
     ] = 0.5,
 ) -> None:
-    """Segment each input with the model (or the ensemble of folds); each label map lies on its input's grid."""
+    """Segment each input with the model (or the ensemble of folds); each label map lies on its input's grid.
+    A classification package writes OUTPUT/predictions.csv instead."""
+    from vesalius.cli import classification
+
+    if classification.is_classification_package(model):
+        classification.predict(model, inputs, output, device, precision)
+        return
     from vesalius.engines.common.precision import pick_device
     from vesalius.engines.segmentation.predict import predict_files
 

@@ -48,7 +48,8 @@ class ImageSource:
     index: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}[{self.array}][{self.index}]" if self.array is not None else str(self.path)
+        """How predictions.csv names the input: the path, or ``path:array:index`` inside a .npz."""
+        return f"{self.path}:{self.array}:{self.index}" if self.array is not None else str(self.path)
 
 
 @dataclass(frozen=True)

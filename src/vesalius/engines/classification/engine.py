@@ -57,7 +57,14 @@ from vesalius.engines.common.precision import autocast_dtype, pick_device
 SELECTION_FOLDS = 7  # one of seven: about 15% of the training patients
 _EPSILON = 1e-6
 
-__all__ = ["FitResult", "fit_classifier", "plan_classification", "predict_classification", "prepare_images"]
+__all__ = [
+    "FitResult",
+    "evaluate_predictions",
+    "fit_classifier",
+    "plan_classification",
+    "predict_classification",
+    "prepare_images",
+]
 
 
 @dataclass
@@ -273,7 +280,9 @@ def _input_sources(inputs: Sequence[Path | str]) -> list[tuple[str, ImageSource]
                 arrays = [(key, len(archive[key])) for key in archive.files if key.endswith("_images")]
             if not arrays:
                 raise InputError(f"{path}: no '*_images' arrays in the .npz")
-            sources += [(f"{path}:{key}:{i}", ImageSource(path, key, i)) for key, n in arrays for i in range(n)]
+            sources += [
+                (str(ImageSource(path, key, i)), ImageSource(path, key, i)) for key, n in arrays for i in range(n)
+            ]
         elif path.is_dir() and (images := sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))):
             sources += [(str(image), ImageSource(image)) for image in images]  # a folder of images
         else:
@@ -324,3 +333,44 @@ def predict_classification(
                     predicted = plan.class_names[int(np.argmax(row))]
                 writer.writerow([name, predicted, *[f"{p:.6f}" for p in row]])
     return file
+
+
+def _key(name: str) -> str:
+    """Inputs match references by resolved path (and array and index inside a .npz)."""
+    path, _, rest = name.partition(".npz:")
+    return f"{Path(path + '.npz').resolve()}:{rest}" if rest else str(Path(name).resolve())
+
+
+def evaluate_predictions(
+    predictions_csv: Path | str,
+    reference: Path | str,
+    *,
+    kind: str | None = None,
+    threshold: float | None = None,
+    output: Path | str | None = None,
+    dataset_options: dict[str, Any] | None = None,
+) -> Any:
+    """Score a predictions.csv against a labelled dataset (class folders, CSV or .npz) holding its inputs."""
+    dataset = read_classification_dataset(reference, **(dataset_options or {}))
+    label_of = {_key(str(item.source)): item.label for item in dataset.items}
+    with Path(predictions_csv).open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [c for c in (rows[0] if rows else {}) if c.startswith("p_")]
+    if not rows or not columns:
+        raise InputError(f"{predictions_csv}: expected the columns input, predicted, p_<class>... and one row or more")
+    missing = [row["input"] for row in rows if _key(row["input"]) not in label_of]
+    if missing:
+        raise InputError(f"{predictions_csv}: {len(missing)} input(s) have no label in {reference}, e.g. {missing[0]}")
+    labels = np.asarray([label_of[_key(row["input"])] for row in rows], dtype=np.int64)
+    probabilities = np.asarray([[float(row[c]) for c in columns] for row in rows])
+    chosen = _kind(dataset, kind)
+    report = classification_report(labels, probabilities, chosen, dataset.class_names, threshold)
+    if output is not None:
+        folder = Path(output)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "evaluation.json").write_text(report.model_dump_json(indent=1) + "\n")
+        (folder / "evaluation.md").write_text(report.to_table() + "\n")
+        write_roc_png(folder / "roc.png", labels, probabilities, dataset.class_names)
+        if report.confusion:
+            write_confusion_png(folder / "confusion.png", report.confusion, dataset.class_names)
+    return report
