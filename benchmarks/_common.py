@@ -45,3 +45,14 @@ def update_docs(name: str, section: str, path: Path = DOCS_MD) -> None:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(name: str, result: dict[str, Any], section: str) -> None:
+    """Write ``results/<name>.json`` and the docs section, and show both."""
+    import json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    update_docs(name, section)
+    print(section)
+    print(f"\nWrote {(RESULTS / f'{name}.json').relative_to(REPO)} and {DOCS_MD.relative_to(REPO)}")

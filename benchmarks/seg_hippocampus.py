@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from monai.inferers.utils import sliding_window_inference
 
-from _common import DOCS_MD, REPO, RESULTS, machine, update_docs
+from _common import REPO, machine, publish
 from vesalius.engines.common.cv import load_or_make_split
 from vesalius.engines.common.dataset import load_case, read_msd_dataset
 from vesalius.engines.common.metrics.segmentation import dice
@@ -378,12 +378,7 @@ def main() -> int:
         "gpu_time_to_dice": gpu,
     }
     result["goals"] = goals(cv, rows, gpu)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
-    section = render(result)
-    update_docs(NAME, section)
-    print(section)
-    print(f"\nWrote {(RESULTS / f'{NAME}.json').relative_to(REPO)} and {DOCS_MD.relative_to(REPO)}")
+    publish(NAME, result, render(result))
     return 0
 
 

@@ -27,7 +27,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from _common import DOCS_MD, REPO, RESULTS, machine, update_docs
+from _common import REPO, machine, publish
 from vesalius.engines.common.package import save_package
 from vesalius.engines.common.plan import (
     AugmentationPlan,
@@ -140,8 +140,6 @@ def main() -> int:
         "full": full,
         "overlap_check": checks,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=1) + "\n")
     verdict = "PASS" if full["peak_rss_gb"] <= LIMIT_GB else "FAIL"
     same = abs(checks[0]["peak_rss_gb"] - checks[1]["peak_rss_gb"])
     section = "\n".join(
@@ -169,9 +167,7 @@ def main() -> int:
             f"<!-- {NAME}:end -->",
         ]
     )
-    update_docs(NAME, section)
-    print(section)
-    print(f"\nWrote {(RESULTS / f'{NAME}.json').relative_to(REPO)} and {DOCS_MD.relative_to(REPO)}")
+    publish(NAME, result, section)
     return 0
 
 

@@ -21,10 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from vesalius.core.errors import PlanFileError
 from vesalius.engines.classification.networks import NetworkSpec, head_sizes
+from vesalius.engines.common.plan_file import load_plan, save_plan
 
 PLAN_VERSION = 1
 TaskKind = Literal["binary", "multiclass", "ordinal", "multilabel"]
@@ -78,21 +79,11 @@ class ClassificationPlan(_Model):
     seed: int = 0
 
     def save(self, path: Path | str) -> Path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(self.model_dump_json(indent=2) + "\n")
-        return target
+        return save_plan(self, path)
 
     @classmethod
     def load(cls, path: Path | str) -> ClassificationPlan:
-        source = Path(path)
-        try:
-            return cls.model_validate_json(source.read_text())
-        except FileNotFoundError as error:
-            raise PlanFileError(f"{source}: no such plan file") from error
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5])
-            raise PlanFileError(f"{source}: not a valid classification plan: {problems}") from error
+        return load_plan(cls, path)
 
 
 def _round_up(size: float, multiple: int = 16) -> int:

@@ -22,17 +22,17 @@ Rules follow nnU-Net's 3d_fullres planner, re-derived here (all axes in i, j, k 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vesalius.core.errors import InputError, PlanFileError
+from vesalius.core.errors import InputError
 from vesalius.engines.common.dataset import read_msd_dataset
 from vesalius.engines.common.fingerprint import DatasetFingerprint, compute_fingerprint
+from vesalius.engines.common.plan_file import load_plan, save_plan
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,6 @@ MIN_FEATURE_MAP = 4
 MAX_POOLINGS = 5
 BASE_FILTERS, MAX_FILTERS = 32, 320
 DATASET_COVERAGE = 0.05
-_NUMBER_LIST = re.compile(r"\[\s*(-?[0-9.eE+-]+(?:,\s*-?[0-9.eE+-]+)*)\s*\]")
 
 Triple = tuple[float, float, float]
 Shape = tuple[int, int, int]
@@ -219,30 +218,12 @@ class SegmentationPlan(_Model):
 
     def save(self, path: Path | str) -> Path:
         """Write indented JSON, the form a user reads and edits; lists of numbers stay on one line."""
-        file = Path(path)
-        text = self.model_dump_json(indent=2)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(n.strip() for n in m.group(1).split(",")) + "]", text)
-        file.write_text(text + "\n", encoding="utf-8")
-        return file
+        return save_plan(self, path)
 
     @classmethod
     def load(cls, path: Path | str) -> SegmentationPlan:
         """Read and validate a plan; a bad edit is reported by file and field."""
-        file = Path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as error:
-            raise PlanFileError(f"{file}: cannot read the plan ({error})") from error
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as error:
-            problems = []
-            for item in error.errors()[:5]:
-                where = ".".join(str(p) for p in item["loc"])
-                found = repr(item["input"])[:60] if where else ""
-                problems.append(f"{where}: {item['msg']} (found {found})" if where else item["msg"])
-            raise PlanFileError(f"{file}: invalid plan: " + "; ".join(problems)) from error
+        return load_plan(cls, path)
 
 
 def plan_target_spacing(
