@@ -1,36 +1,56 @@
-"""Classification datasets: class folders, a CSV, MedMNIST .npz files; images are PNG, JPEG, DICOM or volumes.
+"""Classification datasets: class folders, a CSV or a MedMNIST ``.npz``, read into one typed, frozen description.
 
-All readers give one ``ClassificationDataset``: items with an id, where the pixels are, the label (a class
-index; for multi-label a 0/1 tuple), extra targets for multi-task heads, a patient id (so cross-validation
-never puts one patient on both sides) and, where the source says so, the split it came from. Pixels are read
-later, one item at a time, by ``load_image``; every problem names the file (and the CSV line) at fault.
+Every reader gives a ``ClassificationDataset``: items with a unique id, where the pixels are (a file, a DICOM
+series folder, or one image of an array in a ``.npz``), the label (a class index; for ordinal tasks the grade's
+index; for multi-label MedMNIST a 0/1 tuple), extra targets for multi-task heads, a patient id (the item id
+when the source names none) so cross-validation never puts one patient on both sides, and the split the
+source assigns, if any. The dataset knows its class names, whether it is 2-D or 3-D and the task kind it
+suggests. Pixels are read later, one item at a time, by ``load_image``; every problem names the file (and the
+CSV line) at fault.
+
+Items marked ``test`` are never used for training or model selection: ``make_folds`` leaves them out, and
+``official_split`` returns only the source's own ``train``/``val`` sets.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+import zipfile
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
 from vesalius.core.errors import DatasetError, InputError
+from vesalius.engines.common.cv import CrossValidationSplit, load_or_make_split
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+TaskKind = Literal["binary", "multiclass", "ordinal", "multilabel"]
+"""The same values as ``vesalius.engines.classification.plan.TaskKind``."""
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+_LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+"""ITU-R 601 weights: what Pillow's ``convert("L")`` uses."""
 
 __all__ = [
     "ClassificationDataset",
     "ImageSource",
     "Item",
+    "TaskKind",
     "is_image_file",
     "load_image",
+    "make_folds",
+    "official_split",
     "read_class_folders",
     "read_classification_dataset",
     "read_csv_dataset",
@@ -41,7 +61,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ImageSource:
-    """A file, or one image of an array inside a .npz file."""
+    """A file or DICOM series folder, or image ``index`` of the array ``array`` inside a ``.npz`` file."""
 
     path: Path
     array: str | None = None
@@ -54,21 +74,53 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class Item:
+    """One labelled image; ``patient_id`` defaults to ``item_id`` (each image its own patient)."""
+
     item_id: str
     source: ImageSource
     label: int | tuple[int, ...]
-    patient_id: str
-    extra: dict[str, int] = field(default_factory=dict)
-    split: str | None = None
+    patient_id: str = ""
+    extra: Mapping[str, int] = field(default_factory=dict)
+    split: Split | None = None
+
+    def __post_init__(self) -> None:
+        if not self.patient_id:
+            object.__setattr__(self, "patient_id", self.item_id)
 
 
 @dataclass(frozen=True)
 class ClassificationDataset:
+    """What a source holds, checked when built: unique ids, labels and extra targets within their classes."""
+
     name: str
-    class_names: list[str]
-    items: list[Item]
-    multilabel: bool = False
-    extra_targets: dict[str, list[str]] = field(default_factory=dict)
+    source: Path
+    """The class-folder root, the CSV or the .npz that was read."""
+    class_names: tuple[str, ...]
+    items: tuple[Item, ...]
+    dims: Literal[2, 3]
+    kind: TaskKind
+    """The task the labels suggest (multilabel, binary for two classes, else multiclass) unless a reader was told."""
+    extra_targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Multi-task heads: column name -> class names; ``Item.extra`` holds indices into them."""
+    skipped: int = 0
+    """Files passed over while reading class folders: hidden files and files that are not images."""
+
+    def __post_init__(self) -> None:
+        where = str(self.source)
+        if not self.items:
+            raise DatasetError(f"{where}: the dataset holds no items")
+        ids = Counter(item.item_id for item in self.items)
+        if repeated := sorted(i for i, n in ids.items() if n > 1):
+            raise DatasetError(f"{where}: item ids listed more than once: {repeated[:5]}")
+        _check_kind(where, self.kind, self.class_names, self.items)
+        for item in self.items:
+            for name, value in item.extra.items():
+                if name not in self.extra_targets or not 0 <= value < len(self.extra_targets[name]):
+                    raise DatasetError(f"{where}: item {item.item_id}: extra target {name}={value} is undeclared")
+
+    @property
+    def multilabel(self) -> bool:
+        return self.kind == "multilabel"
 
     def class_counts(self) -> list[int]:
         """Items per class (multi-label: positives per label)."""
@@ -79,179 +131,529 @@ class ClassificationDataset:
         return [counts.get(i, 0) for i in range(len(self.class_names))]
 
     def labels(self) -> npt.NDArray[np.int64]:
+        """(N,) class indices, or (N, L) 0/1 for multi-label."""
         return np.asarray([item.label for item in self.items], dtype=np.int64)
 
 
+def _check_kind(where: str, kind: TaskKind, class_names: Sequence[str], items: Iterable[Item]) -> None:
+    n = len(class_names)
+    if kind not in get_args(TaskKind):
+        raise DatasetError(f"{where}: unknown task kind {kind!r}; expected one of {', '.join(get_args(TaskKind))}")
+    if len(set(class_names)) != n or n < 2:
+        raise DatasetError(f"{where}: needs at least two distinct class names, found {list(class_names)}")
+    if kind == "binary" and n != 2:
+        raise DatasetError(f"{where}: a binary task needs two classes, found {n}: {', '.join(class_names)}")
+    for item in items:
+        label = item.label
+        if kind == "multilabel":
+            if not isinstance(label, tuple) or len(label) != n or not set(label) <= {0, 1}:
+                raise DatasetError(f"{where}: item {item.item_id}: a multi-label label is {n} values 0/1, not {label}")
+        elif not isinstance(label, int) or not 0 <= label < n:
+            raise DatasetError(f"{where}: item {item.item_id}: label {label} is not a class index 0..{n - 1}")
+
+
+def _suggest_kind(class_names: Sequence[str], multilabel: bool) -> TaskKind:
+    return "multilabel" if multilabel else "binary" if len(class_names) == 2 else "multiclass"
+
+
 def is_image_file(path: Path) -> bool:
-    """PNG, JPEG, DICOM with a suffix, or a volume file; hidden files are not."""
+    """PNG, JPEG, DICOM with a ``.dcm``/``.dicom`` suffix, or a volume file; hidden files are not."""
     name = path.name.lower()
-    return not name.startswith(".") and (name.endswith(IMAGE_SUFFIXES) or name.endswith(VOLUME_SUFFIXES))
+    return not name.startswith(".") and name.endswith(IMAGE_SUFFIXES + VOLUME_SUFFIXES)
 
 
-def read_class_folders(root: Path | str, patient_pattern: str | None = None) -> ClassificationDataset:
-    """One sub-folder per class (sorted names give the class order), images at any depth below it.
+def _dims_of(path: Path) -> Literal[2, 3]:
+    """Volume files and DICOM series folders are 3-D; PNG, JPEG and DICOM files are 2-D images."""
+    return 3 if path.is_dir() or path.name.lower().endswith(VOLUME_SUFFIXES) else 2
 
-    ``patient_pattern``: a regular expression with a named group ``patient`` found in each file name, e.g.
-    ``(?P<patient>person\\d+|IM-\\d+)`` for the pediatric pneumonia set; without it each image is its own patient.
+
+def _common_dims(where: Path | str, items: Sequence[Item]) -> Literal[2, 3]:
+    first: dict[int, Item] = {}
+    for item in items:
+        first.setdefault(_dims_of(item.source.path), item)
+    if len(first) > 1:
+        raise DatasetError(f"{where}: mixes 2-D images ({first[2].source}) and 3-D volumes ({first[3].source})")
+    return 3 if 3 in first else 2
+
+
+# -------------------------------------------------------------------------------------------------- class folders
+
+
+def _patient_regex(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise DatasetError(f"patient pattern {pattern!r} is not a regular expression ({error})") from error
+    if "patient" not in compiled.groupindex:
+        raise DatasetError(f"patient pattern {pattern!r} needs a named group, e.g. (?P<patient>person\\d+)")
+    return compiled
+
+
+def _images_below(folder: Path) -> tuple[list[Path], int]:
+    """Image files at any depth below ``folder`` (sorted), and how many other files were passed over."""
+    images, other = [], 0
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if not hidden and is_image_file(path):
+            images.append(path)
+        else:
+            other += 1
+    return images, other
+
+
+def read_class_folders(
+    root: Path | str, patient_pattern: str | None = None, *, kind: TaskKind | None = None
+) -> ClassificationDataset:
+    """One sub-folder per class; the sorted folder names give the class order; images at any depth below.
+
+    Hidden files and folders and files that are not images are skipped and counted (``skipped``); a class
+    folder without images is an error. ``patient_pattern`` is a regular expression with a named group
+    ``patient``, searched in each image's path below its class folder (so a patient sub-folder works too),
+    e.g. ``(?P<patient>person\\d+)_`` for ``person12_bacteria_51.jpeg``; without it each image is its own patient.
     """
     folder = Path(root)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder of class folders")
+    pattern = _patient_regex(patient_pattern)
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DatasetError(f"{folder}: no class sub-folders (expected one folder of images per class)")
-    pattern = re.compile(patient_pattern) if patient_pattern else None
     items: list[Item] = []
-    for index, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and is_image_file(p))
+    skipped = sum(1 for p in folder.iterdir() if p.is_file())
+    for label, name in enumerate(classes):
+        files, other = _images_below(folder / name)
+        skipped += other
         if not files:
-            raise DatasetError(f"{folder / name}: class folder holds no PNG, JPEG, DICOM or volume files")
+            passed = f" ({other} other files skipped)" if other else ""
+            raise DatasetError(f"{folder / name}: class folder holds no PNG, JPEG, DICOM or volume files{passed}")
         for file in files:
-            patient = file.stem
+            item_id = file.relative_to(folder).as_posix()
+            patient = ""
             if pattern is not None:
-                match = pattern.search(file.name)
-                if match is None:
+                match = pattern.search(file.relative_to(folder / name).as_posix())
+                if match is None or not match.group("patient"):
                     raise DatasetError(f"{file}: file name does not match the patient pattern {patient_pattern!r}")
                 patient = match.group("patient")
-            item_id = str(file.relative_to(folder))
-            items.append(Item(item_id=item_id, source=ImageSource(file), label=index, patient_id=patient))
-    return ClassificationDataset(name=folder.name, class_names=classes, items=items)
+            items.append(Item(item_id=item_id, source=ImageSource(file), label=label, patient_id=patient))
+    return ClassificationDataset(
+        name=folder.name,
+        source=folder,
+        class_names=tuple(classes),
+        items=tuple(items),
+        dims=_common_dims(folder, items),
+        kind=kind or _suggest_kind(classes, multilabel=False),
+        skipped=skipped,
+    )
 
 
-def _label_index(value: str, names: list[str], where: str) -> int:
+# -------------------------------------------------------------------------------------------------- CSV
+
+
+def _is_int(value: str) -> bool:
+    return re.fullmatch(r"[+-]?\d+", value) is not None
+
+
+def _sorted_names(values: Iterable[str]) -> tuple[str, ...]:
+    """Unique values sorted; integers numerically (2 before 10)."""
+    unique = set(values)
+    return tuple(sorted(unique, key=int) if all(_is_int(v) for v in unique) else sorted(unique))
+
+
+def _label_index(value: str, names: Sequence[str], by_index: bool, where: str) -> int:
+    if value == "":
+        raise DatasetError(f"{where}: empty label")
+    if by_index:
+        if 0 <= int(value) < len(names):
+            return int(value)
+        raise DatasetError(f"{where}: label {value} is not a class index 0..{len(names) - 1} ({', '.join(names)})")
     if value in names:
-        return names.index(value)
+        return list(names).index(value)
     raise DatasetError(f"{where}: unknown label {value!r}; known: {', '.join(names)}")
 
 
-def _sorted_names(values: set[str]) -> list[str]:
-    return sorted(values, key=int) if all(v.lstrip("-").isdigit() for v in values) else sorted(values)
-
-
-def read_csv_dataset(file: Path | str, class_names: list[str] | None = None) -> ClassificationDataset:
-    """Columns ``path,label`` (paths relative to the CSV), optional ``patient_id`` and ``split``; every other
-    column is an extra target (multi-task). Labels are names or integers."""
-    source = Path(file)
+def _read_csv(source: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and each non-blank row with its line number; fields stripped."""
+    if not source.is_file():
+        raise DatasetError(f"{source}: no such CSV file")
+    header: list[str] | None = None
+    rows: list[tuple[int, dict[str, str]]] = []
     try:
-        with source.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        with source.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            for fields in reader:
+                if not any(f.strip() for f in fields):
+                    continue
+                if header is None:
+                    header = [f.strip() for f in fields]
+                    continue
+                if len(fields) != len(header):
+                    raise DatasetError(
+                        f"{source} line {reader.line_num}: {len(fields)} fields; the header has {len(header)}"
+                    )
+                rows.append((reader.line_num, dict(zip(header, (f.strip() for f in fields), strict=True))))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DatasetError(f"{source}: cannot read the CSV ({error})") from error
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise DatasetError(f"{source}: needs a header with the columns 'path' and 'label' and at least one row")
-    extra_columns = [c for c in rows[0] if c not in ("path", "label", "patient_id", "split")]
-    names = class_names or _sorted_names({row["label"] for row in rows})
-    extra_names = {c: _sorted_names({row[c] for row in rows if row[c] != ""}) for c in extra_columns}
-    items = []
-    for line, row in enumerate(rows, start=2):
-        where = f"{source} line {line}"
-        path = (source.parent / row["path"]).resolve()
-        if not path.exists():
-            raise DatasetError(f"{where}: image {path} does not exist")
-        extra = {c: _label_index(row[c], extra_names[c], f"{where}, column {c}") for c in extra_columns if row[c]}
-        items.append(
-            Item(
-                item_id=row["path"],
-                source=ImageSource(path),
-                label=_label_index(row["label"], names, where),
-                patient_id=row.get("patient_id") or row["path"],
-                extra=extra,
-                split=row.get("split") or None,
-            )
-        )
-    return ClassificationDataset(name=source.stem, class_names=names, items=items, extra_targets=extra_names)
+    if header is None or not {"path", "label"} <= set(header) or len(set(header)) != len(header):
+        raise DatasetError(f"{source}: needs a header with distinct column names, 'path' and 'label' among them")
+    if not rows:
+        raise DatasetError(f"{source}: the CSV has a header but no rows")
+    return header, rows
 
 
-def read_medmnist(file: Path | str, class_names: list[str] | None = None) -> ClassificationDataset:
-    """A MedMNIST ``.npz`` (``<split>_images``, ``<split>_labels``): every split present, in order."""
+def _looks_readable(path: Path) -> bool:
+    """An image or volume suffix, a DICOM series folder, or a DICOM file without suffix (``DICM`` at byte 128)."""
+    if path.is_dir() or path.name.lower().endswith(IMAGE_SUFFIXES + VOLUME_SUFFIXES):
+        return True
+    with path.open("rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
+
+
+def _csv_item(
+    source: Path, line: int, row: dict[str, str], names: Sequence[str], by_index: bool, extra: Mapping[str, Any]
+) -> Item:
+    where = f"{source} line {line}"
+    if not row["path"]:
+        raise DatasetError(f"{where}: empty path")
+    path = (source.parent / row["path"]).resolve()
+    if not path.exists():
+        raise DatasetError(f"{where}: image {path} does not exist")
+    if not _looks_readable(path):
+        raise DatasetError(f"{where}: {path} is not a PNG, JPEG, DICOM or NIfTI/NRRD/MHA file")
+    split = row.get("split", "")
+    if split and split not in SPLITS:
+        raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    return Item(
+        item_id=row["path"],
+        source=ImageSource(path),
+        label=_label_index(row["label"], names, by_index, where),
+        patient_id=row.get("patient_id", ""),
+        extra={c: _label_index(row[c], extra[c], False, f"{where}, column {c!r}") for c in extra if row[c]},
+        split=split or None,  # checked against SPLITS above
+    )
+
+
+def read_csv_dataset(
+    file: Path | str,
+    class_names: Sequence[str] | None = None,
+    *,
+    extra_columns: Sequence[str] | None = None,
+    kind: TaskKind | None = None,
+) -> ClassificationDataset:
+    """Columns ``path`` (relative to the CSV's folder, or absolute) and ``label``; optional ``patient_id`` and
+    ``split`` (train, val or test). Every other column is an extra target (multi-task/multi-label: names or
+    integers; an empty cell means unknown), or only ``extra_columns`` when given.
+
+    Paths name PNG, JPEG or DICOM images (2-D) or NIfTI/NRRD/MHA volumes or DICOM series folders (3-D), not both.
+    Labels are names or integers; the class order is ``class_names`` or the sorted labels (integers numerically,
+    so grades keep their order). When ``class_names`` are given and every label is an integer that is not one
+    of them, the integers are indices into ``class_names``.
+    """
     source = Path(file)
-    try:
-        archive = np.load(source)
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"{source}: not a readable .npz file ({error})") from error
-    splits = [key.removesuffix("_images") for key in archive.files if key.endswith("_images")]
-    if not splits:
-        raise DatasetError(f"{source}: no '<split>_images' arrays; found {archive.files}")
+    header, rows = _read_csv(source)
+    reserved = ("path", "label", "patient_id", "split")
+    columns = [c for c in header if c not in reserved] if extra_columns is None else list(extra_columns)
+    if missing := [c for c in columns if c not in header or c in reserved]:
+        raise DatasetError(f"{source}: extra target column(s) {missing} are not in the header {header}")
+    labels = [row["label"] for _, row in rows]
+    names = tuple(class_names) if class_names is not None else _sorted_names(v for v in labels if v)
+    by_index = class_names is not None and all(_is_int(v) for v in labels) and not set(labels) & set(names)
+    extra = {c: _sorted_names(row[c] for _, row in rows if row[c]) for c in columns}
     items: list[Item] = []
-    multilabel, largest = False, 0
-    for split in splits:
-        if f"{split}_labels" not in archive.files:
-            raise DatasetError(f"{source}: '{split}_images' has no '{split}_labels'")
-        labels = np.asarray(archive[f"{split}_labels"])
-        labels = labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
-        multilabel = multilabel or labels.ndim == 2
-        largest = max(largest, int(labels.shape[1] if labels.ndim == 2 else labels.max() + 1))
-        for index, label in enumerate(labels):
-            value: int | tuple[int, ...] = tuple(int(v) for v in label) if labels.ndim == 2 else int(label)
-            item_id = f"{split}_{index}"
-            source_ = ImageSource(source, f"{split}_images", index)
-            items.append(Item(item_id=item_id, source=source_, label=value, patient_id=item_id, split=split))
-    names = class_names or [str(c) for c in range(max(largest, 2))]
-    return ClassificationDataset(name=source.stem, class_names=names, items=items, multilabel=multilabel)
+    first_line: dict[str, int] = {}
+    for line, row in rows:
+        if row["path"] in first_line:
+            raise DatasetError(
+                f"{source} line {line}: {row['path']} is listed again (first on line {first_line[row['path']]})"
+            )
+        first_line[row["path"]] = line
+        items.append(_csv_item(source, line, row, names, by_index, extra))
+    return ClassificationDataset(
+        name=source.stem,
+        source=source,
+        class_names=names,
+        items=tuple(items),
+        dims=_common_dims(source, items),
+        kind=kind or _suggest_kind(names, multilabel=False),
+        extra_targets=extra,
+    )
 
 
-def read_classification_dataset(path: Path | str, **options: Any) -> ClassificationDataset:
-    """Class folders (a directory), a CSV, or a MedMNIST .npz, chosen by what ``path`` is."""
+# -------------------------------------------------------------------------------------------------- MedMNIST
+
+
+def _npz_shapes(source: Path) -> dict[str, tuple[int, ...]]:
+    """Each array's shape, read from the .npy headers without loading (or decompressing) the arrays."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with zipfile.ZipFile(source) as archive:
+            for member in archive.namelist():
+                if member.endswith(".npy"):
+                    with archive.open(member) as handle:
+                        version = np.lib.format.read_magic(handle)
+                        if version == (1, 0):
+                            shape = np.lib.format.read_array_header_1_0(handle)[0]
+                        else:
+                            shape = np.lib.format.read_array_header_2_0(handle)[0]
+                    shapes[member.removesuffix(".npy")] = tuple(int(n) for n in shape)
+    except FileNotFoundError as error:
+        raise DatasetError(f"{source}: no such .npz file") from error
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise DatasetError(f"{source}: not a readable .npz file ({error})") from error
+    return shapes
+
+
+def _npz_dims(source: Path, key: str, shape: tuple[int, ...]) -> Literal[2, 3]:
+    if len(shape) == 3 or (len(shape) == 4 and shape[-1] == 3):
+        return 2
+    if len(shape) == 4:
+        return 3
+    raise DatasetError(f"{source}: '{key}' has shape {shape}; expected (N, H, W), (N, H, W, 3) or (N, D, H, W)")
+
+
+def _npz_labels(source: Path, split: str, count: int) -> npt.NDArray[np.int64]:
+    """(N,) class indices or (N, L) 0/1 labels; (N, 1) is single-label."""
+    with np.load(source) as archive:
+        raw = np.asarray(archive[f"{split}_labels"])
+    if raw.ndim == 2 and raw.shape[1] == 1:
+        raw = raw[:, 0]
+    if raw.ndim not in (1, 2) or len(raw) != count:
+        raise DatasetError(f"{source}: '{split}_labels' has shape {raw.shape}; expected ({count},) or ({count}, L)")
+    labels = raw.astype(np.int64)
+    if not np.array_equal(labels, raw) or labels.min(initial=0) < 0:
+        raise DatasetError(f"{source}: '{split}_labels' must hold non-negative integers")
+    return labels
+
+
+def read_medmnist(
+    file: Path | str, class_names: Sequence[str] | None = None, *, kind: TaskKind | None = None
+) -> ClassificationDataset:
+    """A MedMNIST ``.npz``: ``<split>_images`` with ``<split>_labels`` for each split present (train, val, test).
+
+    Images are (N, H, W), (N, H, W, 3) or (N, D, H, W) for 3-D; labels (N,) or (N, 1) for one class index, or
+    (N, L) of 0/1 for multi-label (a tuple label per item). Item ids are ``<split>_<index>``; each image is its
+    own patient. Class names are "0".."K-1" unless given. Only label arrays are read here; images on demand.
+    """
+    source = Path(file)
+    shapes = _npz_shapes(source)
+    splits = [s for s in SPLITS if f"{s}_images" in shapes]
+    if not splits:
+        raise DatasetError(f"{source}: no 'train_images', 'val_images' or 'test_images' array; found {sorted(shapes)}")
+    dims = {split: _npz_dims(source, f"{split}_images", shapes[f"{split}_images"]) for split in splits}
+    if len(set(dims.values())) > 1:
+        raise DatasetError(f"{source}: the splits mix 2-D and 3-D images: {', '.join(shapes)}")
+    if absent := [s for s in splits if f"{s}_labels" not in shapes]:
+        raise DatasetError(f"{source}: '{absent[0]}_images' has no '{absent[0]}_labels'")
+    labels = {split: _npz_labels(source, split, shapes[f"{split}_images"][0]) for split in splits}
+    widths = {array.shape[1] if array.ndim == 2 else 0 for array in labels.values()}
+    if len(widths) > 1:
+        raise DatasetError(f"{source}: the splits' labels differ in shape: {[a.shape for a in labels.values()]}")
+    multilabel = widths != {0}
+    count = widths.pop() if multilabel else max(int(a.max(initial=0)) + 1 for a in labels.values())
+    names = tuple(class_names) if class_names is not None else tuple(str(c) for c in range(max(count, 2)))
+    if (multilabel and len(names) != count) or len(names) < count:
+        raise DatasetError(f"{source}: the labels need {count} class names, {len(names)} given: {list(names)}")
+    items = [
+        Item(
+            item_id=f"{split}_{index}",
+            source=ImageSource(source, f"{split}_images", index),
+            label=tuple(int(v) for v in label) if multilabel else int(label),
+            split=split,
+        )
+        for split in splits
+        for index, label in enumerate(labels[split])
+    ]
+    return ClassificationDataset(
+        name=source.stem,
+        source=source,
+        class_names=names,
+        items=tuple(items),
+        dims=dims[splits[0]],
+        kind=kind or _suggest_kind(names, multilabel),
+    )
+
+
+def read_classification_dataset(
+    path: Path | str,
+    *,
+    patient_pattern: str | None = None,
+    class_names: Sequence[str] | None = None,
+    extra_columns: Sequence[str] | None = None,
+    kind: TaskKind | None = None,
+) -> ClassificationDataset:
+    """Class folders (a directory), a CSV or a MedMNIST .npz, chosen by what ``path`` is; options go to the
+    reader that takes them, and one given to a reader that does not is an error."""
     source = Path(path)
+    if not source.exists():
+        raise DatasetError(f"{source}: no such file or folder")
     if source.is_dir():
-        return read_class_folders(source, **options)
+        if class_names is not None or extra_columns is not None:
+            raise DatasetError(f"{source}: class folders take their class names from the folder names")
+        return read_class_folders(source, patient_pattern, kind=kind)
+    if patient_pattern is not None:
+        raise DatasetError(f"{source}: a patient pattern applies to class folders; a CSV has a patient_id column")
     if source.suffix.lower() == ".csv":
-        return read_csv_dataset(source, **options)
+        return read_csv_dataset(source, class_names, extra_columns=extra_columns, kind=kind)
     if source.suffix.lower() == ".npz":
-        return read_medmnist(source, **options)
+        if extra_columns is not None:
+            raise DatasetError(f"{source}: extra target columns apply to a CSV; a MedMNIST .npz has none")
+        return read_medmnist(source, class_names, kind=kind)
     raise DatasetError(f"{source}: expected a folder of class folders, a .csv or a MedMNIST .npz")
 
 
+# -------------------------------------------------------------------------------------------------- pixels
+
+
 @lru_cache(maxsize=4)
-def _archive(path: Path) -> dict[str, npt.NDArray[Any]]:
+def _npz_array(path: Path, key: str, stamp: tuple[int, int]) -> npt.NDArray[Any]:
+    """One array of a .npz, kept while images of it are read (``stamp`` is the file's mtime and size)."""
     with np.load(path) as archive:
-        return {key: archive[key] for key in archive.files}
+        return np.asarray(archive[key])
+
+
+def _read_npz(source: ImageSource, dims: int | None) -> npt.NDArray[np.float32]:
+    try:
+        stat = source.path.stat()
+        pixels = np.asarray(_npz_array(source.path, str(source.array), (stat.st_mtime_ns, stat.st_size))[source.index])
+    except (OSError, KeyError, IndexError, ValueError, zipfile.BadZipFile) as error:
+        raise DatasetError(f"{source}: cannot read the image from the .npz ({error})") from error
+    colour = pixels.ndim == 3 and (dims == 2 if dims is not None else pixels.shape[-1] == 3)
+    return np.moveaxis(pixels, -1, 0).astype(np.float32) if colour else pixels[None].astype(np.float32)
+
+
+def _read_raster(path: Path) -> npt.NDArray[np.float32]:
+    """PNG/JPEG: 8- and 16-bit grey stay one channel at their values; colour, palette and alpha images give RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+                array = np.asarray(image, dtype=np.float32)
+            else:
+                grey = image.mode in ("1", "L", "LA")
+                array = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32)
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read the image ({error})") from error
+    return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
 
 
 def _read_dicom(path: Path) -> npt.NDArray[np.float32]:
+    """A DICOM image (an X-ray): the modality LUT (rescale), then, except for CT and PET whose values are
+    quantitative, the VOI LUT or window the file carries; MONOCHROME1 is inverted so dense is bright."""
     import pydicom
-    from pydicom.pixels.processing import apply_modality_lut
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
     try:
         dataset = pydicom.dcmread(path)
-        pixels = apply_modality_lut(dataset.pixel_array, dataset).astype(np.float32)
-    except Exception as error:  # pydicom raises many types for broken files
-        raise InputError(f"{path}: cannot read the DICOM image ({error})") from error
-    if str(getattr(dataset, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        pixels = pixels.max() + pixels.min() - pixels  # bright means dense in MONOCHROME2
-    if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 3:
-        return np.moveaxis(pixels, -1, 0)
-    return pixels[None]
+        pixels = dataset.pixel_array
+        if int(dataset.get("SamplesPerPixel", 1)) == 3:
+            return np.moveaxis(np.asarray(pixels, dtype=np.float32), -1, 0)
+        pixels = apply_modality_lut(pixels, dataset)
+        has_voi = "WindowCenter" in dataset or "VOILUTSequence" in dataset
+        if has_voi and dataset.get("Modality") not in ("CT", "PT"):
+            pixels = apply_voi_lut(pixels, dataset)
+    except Exception as error:  # pydicom raises many types for broken or non-DICOM files
+        raise DatasetError(f"{path}: cannot read the DICOM image ({error})") from error
+    grey = np.asarray(pixels, dtype=np.float32)
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
+        grey = grey.max() + grey.min() - grey
+    return grey[None]
 
 
-def load_image(source: ImageSource) -> npt.NDArray[np.float32]:
-    """The pixels, channel-first float32: (C, H, W) for images, (1, D, H, W) for volumes."""
-    if source.array is not None and source.index is not None:
-        pixels = np.asarray(_archive(source.path)[source.array][source.index], dtype=np.float32)
-        return np.moveaxis(pixels, -1, 0) if pixels.ndim == 3 and pixels.shape[-1] == 3 else pixels[None]
+def _read_volume(path: Path) -> npt.NDArray[np.float32]:
+    """A volume file or DICOM series folder as (C, D, H, W): the Volume's [i, j, k(, c)] reversed to [(c,) k, j, i]."""
+    from vesalius.io import read_volume
+
+    try:
+        array = np.asarray(read_volume(path).array, dtype=np.float32)
+    except InputError as error:
+        raise DatasetError(str(error)) from error
+    return np.ascontiguousarray(array.T if array.ndim == 4 else array.T[None])
+
+
+def load_image(
+    item: Item | ImageSource, dataset: ClassificationDataset | None = None, *, grayscale: bool = False
+) -> npt.NDArray[np.float32]:
+    """The pixels as float32, channel first: 2-D (C, H, W), 3-D (C, D, H, W); values as stored (no scaling).
+
+    Grey images have one channel, colour images three (RGB); ``grayscale=True`` turns a 2-D RGB image into one
+    channel with the ITU-R 601 weights. With ``dataset``, an .npz array is read by its ``dims`` (so (N, D, H, 3)
+    volumes are not taken for colour) and an image whose dimension differs from the dataset's (a multi-frame
+    DICOM in a 2-D set) is an error.
+    """
+    source = item.source if isinstance(item, Item) else item
     name = source.path.name.lower()
-    if name.endswith((".png", ".jpg", ".jpeg")):
-        from PIL import Image, UnidentifiedImageError
+    if source.array is not None:
+        pixels = _read_npz(source, dataset.dims if dataset else None)
+    elif name.endswith(RASTER_SUFFIXES):
+        pixels = _read_raster(source.path)
+    elif name.endswith(VOLUME_SUFFIXES) or source.path.is_dir():
+        pixels = _read_volume(source.path)
+    else:
+        pixels = _read_dicom(source.path)
+    if dataset is not None and pixels.ndim - 1 != dataset.dims:
+        found = f"a {pixels.ndim - 1}-D image of shape {pixels.shape[1:]}"
+        raise DatasetError(f"{source}: holds {found}; the dataset {dataset.name} is {dataset.dims}-D")
+    if grayscale and pixels.ndim == 3 and pixels.shape[0] == 3:
+        pixels = np.tensordot(_LUMA, pixels, axes=1)[None].astype(np.float32)
+    return pixels
 
-        try:
-            with Image.open(source.path) as image:
-                rgb = image.mode in ("RGB", "RGBA", "P")
-                array = np.asarray(image.convert("RGB" if rgb else "L"), dtype=np.float32)
-        except (OSError, UnidentifiedImageError) as error:
-            raise InputError(f"{source.path}: cannot read the image ({error})") from error
-        return np.moveaxis(array, -1, 0) if array.ndim == 3 else array[None]
-    if name.endswith(VOLUME_SUFFIXES) or source.path.is_dir():
-        from vesalius.io import read_volume
 
-        return np.asarray(read_volume(source.path).array, dtype=np.float32)[None]
-    return _read_dicom(source.path)
+def resize(array: npt.NDArray[np.float32], size: Sequence[int]) -> npt.NDArray[np.float32]:
+    """Resample each channel of a channel-first image to exactly ``size`` (its new spatial shape), linearly.
 
-
-def resize(array: npt.NDArray[np.float32], size: list[int] | tuple[int, ...]) -> npt.NDArray[np.float32]:
-    """Linear resampling of every channel to exactly ``size`` (the spatial shape the network takes)."""
-    spatial = array.shape[1:]
-    if len(spatial) != len(size):
+    ``scipy.ndimage.zoom`` with order 1 and ``grid_mode=True``: pixel edges, not centres, stay aligned (Pillow's
+    and torch's ``align_corners=False`` convention) and the border repeats. An axis that shrinks is first
+    smoothed with a Gaussian of sigma ``(1 / factor - 1) / 2`` (scikit-image's anti-aliasing), so a 2,000-pixel
+    X-ray brought to 224 does not alias. The input comes back unchanged when it has the size already.
+    """
+    spatial = tuple(array.shape[1:])
+    target = tuple(int(s) for s in size)
+    if len(spatial) != len(target) or min(target, default=0) < 1:
         raise InputError(f"cannot resize an image of shape {spatial} to {list(size)}")
-    if tuple(spatial) == tuple(size):
+    if spatial == target:
         return array
-    factors = [t / s for t, s in zip(size, spatial, strict=True)]
-    out = np.stack([ndimage.zoom(channel, factors, order=1, grid_mode=True, mode="nearest") for channel in array])
-    return out.astype(np.float32, copy=False)
+    factors = [t / s for t, s in zip(target, spatial, strict=True)]
+    sigma = [max(0.0, (1 / f - 1) / 2) for f in factors]
+    channels = []
+    for channel in array:
+        smooth = ndimage.gaussian_filter(channel, sigma, mode="mirror") if max(sigma) > 0 else channel
+        channels.append(ndimage.zoom(smooth, factors, order=1, grid_mode=True, mode="nearest"))
+    return np.stack(channels).astype(np.float32, copy=False)
+
+
+# -------------------------------------------------------------------------------------------------- splits
+
+
+def _stratum(label: int | tuple[int, ...]) -> int:
+    """The class; for multi-label, the number of positive labels (as the engine stratifies)."""
+    return label if isinstance(label, int) else sum(label)
+
+
+def make_folds(
+    dataset: ClassificationDataset, n_folds: int = 5, seed: int = 0, *, path: Path | str
+) -> CrossValidationSplit:
+    """K folds stored at ``path`` (reused when it matches): a patient's items in one fold, class balance kept.
+
+    Items marked ``test`` by the source are left out of every fold, training and validation alike: they are
+    for a final, untouched evaluation. ``val`` items join the folds like any other item.
+    """
+    usable = [item for item in dataset.items if item.split != "test"]
+    groups = {item.item_id: item.patient_id for item in usable}
+    strata = {item.item_id: _stratum(item.label) for item in usable}
+    return load_or_make_split(path, list(groups), n_folds=n_folds, seed=seed, groups=groups, strata=strata)
+
+
+def official_split(dataset: ClassificationDataset) -> tuple[list[str], list[str]]:
+    """(training ids, validation ids) as the source assigns them: ``val`` items validate; ``train`` items and
+    items without a split train; ``test`` items are in neither. A patient in both sets is an error."""
+    train = [item for item in dataset.items if item.split in (None, "train")]
+    val = [item for item in dataset.items if item.split == "val"]
+    if not val:
+        raise DatasetError(f"{dataset.source}: no items marked 'val'; use make_folds for cross-validation")
+    if shared := sorted({i.patient_id for i in train} & {i.patient_id for i in val}):
+        raise DatasetError(f"{dataset.source}: patients in both the 'train' and 'val' splits: {shared[:5]}")
+    return [item.item_id for item in train], [item.item_id for item in val]

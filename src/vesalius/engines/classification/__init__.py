@@ -1,0 +1,1 @@
+"""Image classification: datasets (class folders, CSV, MedMNIST), plan, networks, training, calibration, prediction."""
