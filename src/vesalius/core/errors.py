@@ -110,3 +110,7 @@ class DataLoadingError(VesaliusError):
 
     def __reduce__(self) -> tuple[type[DataLoadingError], tuple[str, str | None]]:
         return (type(self), (str(self), self.case_id))
+
+
+class TrainingDivergedError(VesaliusError):
+    """The loss became nan or infinite: the run stops rather than train on garbage."""

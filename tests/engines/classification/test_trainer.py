@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vesalius.core.errors import TrainingDivergedError
 from vesalius.engines.classification.plan import ClassificationPlan, make_classification_plan
 from vesalius.engines.classification.trainer import (
     ImageSet,
@@ -101,3 +102,10 @@ def test_a_one_class_validation_set_scores_nan_rather_than_failing() -> None:
 def test_mismatched_arrays_are_refused() -> None:
     with pytest.raises(Exception, match="one row per id"):
         ImageSet(ids=["a"], images=np.zeros((2, 1, 4, 4), np.float32), labels=np.zeros(2, np.int64))
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tmp_path: Path) -> None:
+    data = toy_set(32, 0)
+    poisoned = ImageSet(data.ids, np.full_like(data.images, np.nan), data.labels)
+    with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 1, step 1"):
+        train_classifier(toy_plan(), poisoned, data, tmp_path / "run", epochs=1, device="cpu")

@@ -29,7 +29,7 @@ import torch
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from torch.nn import functional
 
-from vesalius.core.errors import InputError
+from vesalius.core.errors import InputError, TrainingDivergedError
 from vesalius.engines.classification.augment import augment_batch
 from vesalius.engines.classification.networks import ClassificationNetwork, MultiHeadClassifier
 from vesalius.engines.classification.plan import ClassificationPlan
@@ -154,6 +154,23 @@ def predict_logits(
     return {name: np.concatenate(parts).astype(np.float32) for name, parts in outputs.items()}
 
 
+def _training_dtype(plan: ClassificationPlan, target: torch.device, precision: str) -> torch.dtype | None:
+    if precision == "auto" and target.type == "cpu" and plan.network.spatial_dims == 3:
+        return None  # measured: a 3-D ResNet trained under CPU bf16 autocast went to nan in its first epoch
+    return autocast_dtype(target, precision)
+
+
+def _check_finite(
+    loss: torch.Tensor, plan: ClassificationPlan, epoch: int, step: int, dtype: torch.dtype | None
+) -> None:
+    if not torch.isfinite(loss):
+        used = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+        raise TrainingDivergedError(
+            f"{plan.dataset_name}: the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} "
+            f"(precision {used}); lower learning_rate in the plan or train with --precision fp32"
+        )
+
+
 def train_classifier(
     plan: ClassificationPlan,
     train: ImageSet,
@@ -171,7 +188,7 @@ def train_classifier(
         raise InputError("training needs at least one training and one validation example")
     run = Path(run_dir)
     target = pick_device(device)
-    dtype = autocast_dtype(target, precision)
+    dtype = _training_dtype(plan, target, precision)
     torch.manual_seed(plan.seed)
     network = ClassificationNetwork.build(plan.network).to(target)
     optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)
@@ -217,6 +234,7 @@ def train_classifier(
                 loss = loss + functional.cross_entropy(
                     heads[name].float(), torch.from_numpy(values[indices]).to(target)
                 )
+            _check_finite(loss, plan, epoch, step, dtype)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
