@@ -16,15 +16,14 @@ from vesalius.core.volume import Volume
 from vesalius.engines.classification.dataset import (
     ImageSource,
     Item,
-    load_image,
     make_folds,
     official_split,
     read_class_folders,
     read_classification_dataset,
     read_csv_dataset,
     read_medmnist,
-    resize,
 )
+from vesalius.engines.classification.images import load_image, resize
 from vesalius.io import write_nifti
 
 

@@ -29,10 +29,9 @@ from vesalius.engines.classification.dataset import (
     ImageSource,
     Item,
     is_image_file,
-    load_image,
     read_classification_dataset,
-    resize,
 )
+from vesalius.engines.classification.images import load_image, resize
 from vesalius.engines.classification.networks import ClassificationNetwork
 from vesalius.engines.classification.plan import ClassificationPlan, TaskKind, make_classification_plan
 from vesalius.engines.classification.trainer import (
