@@ -17,10 +17,10 @@ def is_segmentation_dataset(path: Path) -> bool:
 
 
 def is_classification_package(path: Path) -> bool:
-    import json
+    from vesalius.engines.common.package import MANIFEST, load_package
 
-    manifest = path / "package.json"
-    return manifest.is_file() and json.loads(manifest.read_text()).get("task") == "classification"
+    # unverified here: predict loads it again, verified, before using it
+    return (path / MANIFEST).is_file() and load_package(path, verify=False).manifest.task == "classification"
 
 
 def _options(patient_pattern: str | None) -> dict[str, Any]:
@@ -69,11 +69,11 @@ def train(
 
     if fold != "official" and not fold.isdigit():
         raise typer.BadParameter(f"--fold must be a fold number or 'official' for classification, got {fold!r}")
-    options = _options(patient_pattern)
+    data = read_classification_dataset(dataset, **_options(patient_pattern))
     if plan_file is not None:
         derived = ClassificationPlan.load(plan_file)
     else:
-        derived = plan_classification(read_classification_dataset(dataset, **options))
+        derived = plan_classification(data)
         derived.save(output / "plan.json")
     with Progress(transient=False) as bar:
         task = bar.add_task("training", total=epochs or derived.epochs)
@@ -83,7 +83,7 @@ def train(
             bar.update(task, completed=int(record["epoch"]), description=text)
 
         result = fit_classifier(
-            dataset,
+            data,
             derived,
             "official" if fold == "official" else int(fold),
             output,
@@ -91,7 +91,6 @@ def train(
             precision=precision,
             epochs=epochs,
             progress=report,
-            dataset_options=options,
         )
     typer.echo((result.run_dir / "evaluation.md").read_text())
     typer.echo(f"model package: {result.package}; plots: {result.run_dir}")
@@ -99,9 +98,8 @@ def train(
 
 def predict(model: Path, inputs: list[Path], output: Path, device: str, precision: str) -> None:
     from vesalius.engines.classification.engine import predict_classification
-    from vesalius.engines.common.precision import pick_device
 
-    written = predict_classification(model, inputs, output, device=str(pick_device(device)), precision=precision)
+    written = predict_classification(model, inputs, output, device=device, precision=precision)
     typer.echo(f"wrote {written}")
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "read_classification_dataset",
     "read_csv_dataset",
     "read_medmnist",
+    "stratum",
 ]
 
 
@@ -502,7 +503,7 @@ def read_classification_dataset(
 # -------------------------------------------------------------------------------------------------- pixels
 
 
-def _stratum(label: int | tuple[int, ...]) -> int:
+def stratum(label: int | tuple[int, ...]) -> int:
     """The class; for multi-label, the number of positive labels (as the engine stratifies)."""
     return label if isinstance(label, int) else sum(label)
 
@@ -517,7 +518,7 @@ def make_folds(
     """
     usable = [item for item in dataset.items if item.split != "test"]
     groups = {item.item_id: item.patient_id for item in usable}
-    strata = {item.item_id: _stratum(item.label) for item in usable}
+    strata = {item.item_id: stratum(item.label) for item in usable}
     return load_or_make_split(path, list(groups), n_folds=n_folds, seed=seed, groups=groups, strata=strata)
 
 

@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +29,10 @@ from vesalius.engines.classification.dataset import (
     ImageSource,
     Item,
     is_image_file,
+    make_folds,
+    official_split,
     read_classification_dataset,
+    stratum,
 )
 from vesalius.engines.classification.images import load_image, resize
 from vesalius.engines.classification.networks import ClassificationNetwork
@@ -43,7 +46,7 @@ from vesalius.engines.classification.trainer import (
 )
 from vesalius.engines.common.calibration import apply_temperature, calibration_report, fit_temperature
 from vesalius.engines.common.calibration import reliability_diagram as write_reliability_png
-from vesalius.engines.common.cv import load_or_make_split, make_split
+from vesalius.engines.common.cv import make_split
 from vesalius.engines.common.metrics.classification import (
     choose_operating_point,
     classification_report,
@@ -102,13 +105,12 @@ def prepare_images(sources: Sequence[ImageSource], plan: ClassificationPlan) -> 
 
 
 def _kind(dataset: ClassificationDataset, kind: str | None) -> TaskKind:
-    if kind is not None:
-        if kind not in ("binary", "multiclass", "ordinal", "multilabel"):
-            raise InputError(f"unknown task kind {kind!r}: binary, multiclass, ordinal or multilabel")
-        return kind  # type: ignore[return-value]
-    if dataset.multilabel:
-        return "multilabel"
-    return "binary" if len(dataset.class_names) == 2 else "multiclass"
+    """The kind asked for, else the one the dataset suggests (multi-label, binary or multi-class)."""
+    if kind is None:
+        return dataset.kind
+    if kind not in get_args(TaskKind):
+        raise InputError(f"unknown task kind {kind!r}: {', '.join(get_args(TaskKind))}")
+    return kind  # type: ignore[return-value]
 
 
 def plan_classification(
@@ -147,28 +149,22 @@ def _image_set(items: list[Item], plan: ClassificationPlan) -> ImageSet:
     )
 
 
-def _strata(items: list[Item]) -> dict[str, Any]:
-    return {item.item_id: item.label if isinstance(item.label, int) else sum(item.label) for item in items}
+def _strata(items: list[Item]) -> dict[str, int]:
+    return {item.item_id: stratum(item.label) for item in items}
 
 
 def split_items(
     dataset: ClassificationDataset, plan: ClassificationPlan, fold: int | Literal["official"], run_root: Path
 ) -> tuple[list[Item], list[Item], list[Item]]:
     """(training, selection, evaluation) items of ``fold``; see the module notes."""
-    usable = [item for item in dataset.items if item.split != "test"]
     if fold == "official":
-        pool = [item for item in usable if item.split in (None, "train")]
-        evaluation = [item for item in usable if item.split == "val"]
-        if not evaluation:
-            raise InputError(f"{dataset.name}: no 'val' split in the source; use --fold 0..{plan.folds - 1}")
+        pool_ids, evaluation_ids = official_split(dataset)
     else:
-        groups = {item.item_id: item.patient_id for item in usable}
-        split = load_or_make_split(
-            run_root / "splits.json", list(groups), plan.folds, plan.seed, groups=groups, strata=_strata(usable)
-        )
-        held_out = set(split.fold(fold).validation)
-        pool = [item for item in usable if item.item_id not in held_out]
-        evaluation = [item for item in usable if item.item_id in held_out]
+        split = make_folds(dataset, plan.folds, plan.seed, path=run_root / "splits.json").fold(fold)
+        pool_ids, evaluation_ids = split.train, split.validation
+    in_pool, in_evaluation = set(pool_ids), set(evaluation_ids)
+    pool = [item for item in dataset.items if item.item_id in in_pool]  # in dataset order
+    evaluation = [item for item in dataset.items if item.item_id in in_evaluation]
     inner = make_split(
         [item.item_id for item in pool],
         SELECTION_FOLDS,
@@ -187,7 +183,7 @@ def _calibrated(plan: ClassificationPlan, logits: npt.NDArray[np.float32], tempe
 
 
 def fit_classifier(
-    dataset_path: Path | str,
+    dataset: ClassificationDataset | Path | str,
     plan: ClassificationPlan,
     fold: int | Literal["official"],
     output_dir: Path | str,
@@ -198,8 +194,11 @@ def fit_classifier(
     progress: Progress | None = None,
     dataset_options: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train one fold, calibrate and choose the operating point on the selection set, report on evaluation."""
-    dataset = read_classification_dataset(dataset_path, **(dataset_options or {}))
+    """Train one fold, calibrate and choose the operating point on the selection set, report on evaluation.
+
+    ``dataset`` is a read dataset, or its path (read with ``dataset_options``)."""
+    if not isinstance(dataset, ClassificationDataset):
+        dataset = read_classification_dataset(dataset, **(dataset_options or {}))
     root = Path(output_dir)
     run = root / (f"fold_{fold}" if fold != "official" else "official")
     training, selection, evaluation = split_items(dataset, plan, fold, root)

@@ -33,7 +33,7 @@ from vesalius.core.errors import InputError, TrainingDivergedError
 from vesalius.engines.classification.augment import augment_batch
 from vesalius.engines.classification.networks import ClassificationNetwork, MultiHeadClassifier
 from vesalius.engines.classification.plan import ClassificationPlan
-from vesalius.engines.common.checkpoint import load_checkpoint, save_checkpoint
+from vesalius.engines.common.checkpoint import resume_checkpoint, save_best, save_checkpoint
 from vesalius.engines.common.curves import plot_curves
 from vesalius.engines.common.precision import autocast_dtype, pick_device
 
@@ -193,7 +193,7 @@ def train_classifier(
     network = ClassificationNetwork.build(plan.network).to(target)
     optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)
     total_epochs = epochs or plan.epochs
-    steps_per_epoch = len(_batches(plan, train, np.random.default_rng(0)))
+    steps_per_epoch = max(1, len(train.ids) // plan.batch_size)  # as many batches as _batches draws
     total_steps, warmup = total_epochs * steps_per_epoch, steps_per_epoch
 
     def learning_rate_factor(step: int) -> float:
@@ -204,17 +204,12 @@ def train_classifier(
     history: list[dict[str, Any]] = []
     start_epoch, best_epoch, best_score = 0, 0, -math.inf
     best_state: dict[str, torch.Tensor] | None = None
-    checkpoint = load_checkpoint(run / "checkpoint") if resume else None
+    best_logits: dict[str, npt.NDArray[np.float32]] | None = None
+    checkpoint = resume_checkpoint(run / "checkpoint", network, optimizer) if resume else None
     if checkpoint is not None:
-        network.load_state_dict(checkpoint.model)
-        optimizer.load_state_dict(checkpoint.optimizer)
         history, start_epoch = checkpoint.state["history"], checkpoint.state["epoch"]
         best_epoch, best_score = checkpoint.state["best_epoch"], checkpoint.state["best_score"]
-        best_file = run / "checkpoint" / "best.safetensors"
-        if best_file.is_file():
-            from safetensors.torch import load_file
-
-            best_state = load_file(str(best_file))
+        best_state = checkpoint.best
     (run / "checkpoint").mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(plan.seed)
     started = time.perf_counter()
@@ -248,19 +243,17 @@ def train_classifier(
             "seconds": time.perf_counter() - epoch_started,
         }
         if score > best_score or best_state is None:
-            best_epoch, best_score = epoch + 1, score
-            best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-            from safetensors.torch import save_file
-
-            save_file(best_state, str(run / "checkpoint" / "best.safetensors"))
+            best_epoch, best_score, best_logits = epoch + 1, score, logits
+            best_state = save_best(run / "checkpoint", network)
         history.append(record)
         state = {"epoch": epoch + 1, "history": history, "best_epoch": best_epoch, "best_score": best_score}
         save_checkpoint(run / "checkpoint", network, optimizer, state)
         if progress is not None:
             progress(record)
     assert best_state is not None
-    network.load_state_dict(best_state)
-    validation_logits = predict_logits(network, validation.images, target, dtype)
+    if best_logits is None:  # the best epoch ran before a resume: score its weights again
+        network.load_state_dict(best_state)
+        best_logits = predict_logits(network, validation.images, target, dtype)
     curves = plot_curves(
         run / "training_curves.png",
         [h["loss"] for h in history],
@@ -272,7 +265,7 @@ def train_classifier(
         best_epoch=best_epoch,
         best_score=best_score,
         state_dict=best_state,
-        validation_logits=validation_logits,
+        validation_logits=best_logits,
         history=history,
         curves=curves,
         seconds=time.perf_counter() - started,

@@ -4,7 +4,7 @@ A checkpoint folder holds ``model.safetensors`` (the network's state dict), ``op
 optimizer's tensors, e.g. SGD momentum buffers, flattened to ``state.<param>.<name>``) and ``state.json``
 (epoch, history, optimizer hyper-parameters, AMP scaler, anything else the trainer wants back). Each file is
 written to a temporary name and renamed, and ``state.json`` last, so a crash mid-save leaves the previous
-checkpoint readable.
+checkpoint readable. ``best.safetensors`` beside them holds the weights of the best validated epoch so far.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from vesalius.core.errors import InputError
 
 MODEL = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
+BEST = "best.safetensors"
 STATE = "state.json"
 
 
@@ -30,6 +31,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     state: dict[str, Any]
+    best: dict[str, torch.Tensor] | None = None
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -87,4 +89,26 @@ def load_checkpoint(folder: Path | str) -> Checkpoint | None:
         optimizer = _unflatten_optimizer(load_file(str(source / OPTIMIZER)), state.pop("optimizer"))
     except (OSError, ValueError, KeyError) as error:
         raise InputError(f"{source}: unreadable checkpoint ({error}); delete the folder to start again") from error
-    return Checkpoint(model=model, optimizer=optimizer, state=state)
+    best = load_file(str(source / BEST)) if (source / BEST).is_file() else None
+    return Checkpoint(model=model, optimizer=optimizer, state=state, best=best)
+
+
+def resume_checkpoint(
+    folder: Path | str, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> Checkpoint | None:
+    """Load the checkpoint in ``folder`` into ``model`` and ``optimizer``; None (and nothing loaded) without one."""
+    checkpoint = load_checkpoint(folder)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint.model)
+        optimizer.load_state_dict(checkpoint.optimizer)
+    return checkpoint
+
+
+def save_best(folder: Path | str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Keep ``model``'s current weights as the best so far, on disk and as returned CPU copies."""
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    save_file(weights, str(target / f".{BEST}.tmp"))
+    _replace(target / f".{BEST}.tmp", target / BEST)
+    return weights

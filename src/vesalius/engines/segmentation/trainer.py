@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from monai.losses.dice import DiceCELoss
 from monai.losses.ds_loss import DeepSupervisionLoss
-from safetensors.torch import load_file, save_file
 
-from vesalius.engines.common.checkpoint import load_checkpoint, save_checkpoint
+from vesalius.engines.common.checkpoint import resume_checkpoint, save_best, save_checkpoint
 from vesalius.engines.common.curves import plot_curves
 from vesalius.engines.common.cv import load_or_make_split
 from vesalius.engines.common.dataset import SegmentationDataset, read_msd_dataset
@@ -36,7 +35,6 @@ from vesalius.engines.segmentation.sampling import Batch, TrainingLoader, sample
 from vesalius.engines.segmentation.sliding_window import sliding_window_probabilities
 
 Progress = Callable[[dict[str, Any]], None]
-BEST = "best.safetensors"
 
 
 @dataclass
@@ -210,17 +208,13 @@ def train_fold(
     start_epoch, best_epoch = 0, 0
     best_dice: dict[str, float] = {}
     best_weights: dict[str, torch.Tensor] | None = None
-    checkpoint = load_checkpoint(run_dir / "checkpoint") if resume else None
+    checkpoint = resume_checkpoint(run_dir / "checkpoint", network, optimizer) if resume else None
     if checkpoint is not None:
-        network.load_state_dict(checkpoint.model)
-        optimizer.load_state_dict(checkpoint.optimizer)
         history, start_epoch = checkpoint.state["history"], checkpoint.state["epoch"]
         best_epoch, best_dice = checkpoint.state["best_epoch"], checkpoint.state["best_dice"]
         if amp and checkpoint.state.get("scaler"):
             scaler.load_state_dict(checkpoint.state["scaler"])
-        best_file = run_dir / "checkpoint" / BEST
-        if best_file.is_file():
-            best_weights = load_file(str(best_file))
+        best_weights = checkpoint.best
 
     (run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
     try:
@@ -239,8 +233,7 @@ def train_fold(
                 record["validation_dice"] = _validation_dice(network, validation_cases, plan, target, dtype)
                 if record["validation_dice"]["mean"] > best_dice.get("mean", -1.0):
                     best_epoch, best_dice = epoch + 1, record["validation_dice"]
-                    best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-                    save_file(best_weights, str(run_dir / "checkpoint" / BEST))
+                    best_weights = save_best(run_dir / "checkpoint", network)
             history.append(record)
             if progress is not None:
                 progress(record)
