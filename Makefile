@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT := demo-output
 
-.PHONY: setup demo test lint typecheck contracts pytest bench clean model-hippocampus
+.PHONY: setup demo test lint typecheck contracts pytest bench clean model-hippocampus model-cxr-pneumonia model-breast-us model-adrenal-3d
 
 setup: $(STAMP)
 
@@ -50,6 +50,44 @@ model-hippocampus: setup
 	rm -rf models/hippocampus/package && mkdir -p models/hippocampus
 	cp -r $(HIPPOCAMPUS_RUN)/all/model models/hippocampus/package
 	cp $(HIPPOCAMPUS_RUN)/cv_summary.md $(HIPPOCAMPUS_RUN)/all/training_curves.png models/hippocampus/
+
+# The shipped pneumonia classifier: fold 0 of 5 (patients grouped), scored on the fold's held-out children.
+# 128 px and a half-width ResNet-18 so that a 2-core CPU trains it in about 20 minutes (see models/cxr-pneumonia).
+PNEUMONIA ?= ../shared/data/cxr-pneumonia/train
+PNEUMONIA_RUN ?= runs/cxr-pneumonia
+PNEUMONIA_PATIENTS := '(?P<patient>person\d+|IM-\d+)'
+model-cxr-pneumonia: setup
+	$(BIN)/vesalius plan $(PNEUMONIA) --patient-pattern $(PNEUMONIA_PATIENTS) --input-size 128 --width 0.5 \
+		-o $(PNEUMONIA_RUN)/plan.json
+	$(BIN)/vesalius train $(PNEUMONIA) --patient-pattern $(PNEUMONIA_PATIENTS) --plan $(PNEUMONIA_RUN)/plan.json \
+		--fold 0 -o $(PNEUMONIA_RUN)
+	$(call ship-classifier,cxr-pneumonia,$(PNEUMONIA_RUN)/fold_0)
+
+# BreastMNIST (28 px ultrasound) upsampled to 64 px, mirrored left-right in training and at test time; trained
+# on MedMNIST's train split minus a selection share, scored on its val split (--fold official).
+MEDMNIST ?= ../shared/data/medmnist
+BREAST_RUN ?= runs/breast-us
+BREAST_PLAN_OPTIONS ?= --input-size 64 --flip-axis 1
+model-breast-us: setup
+	$(BIN)/vesalius plan $(MEDMNIST)/breastmnist.npz $(BREAST_PLAN_OPTIONS) -o $(BREAST_RUN)/plan.json
+	$(BIN)/vesalius train $(MEDMNIST)/breastmnist.npz --plan $(BREAST_RUN)/plan.json --fold official -o $(BREAST_RUN)
+	$(call ship-classifier,breast-us,$(BREAST_RUN)/official)
+
+# AdrenalMNIST3D at 64^3, seen by a half-width 3-D ResNet-18 at 32^3 so that a 2-core CPU trains it in minutes.
+ADRENAL_RUN ?= runs/adrenal-3d
+ADRENAL_PLAN_OPTIONS ?= --input-size 32
+model-adrenal-3d: setup
+	$(BIN)/vesalius plan $(MEDMNIST)/adrenalmnist3d_64.npz $(ADRENAL_PLAN_OPTIONS) -o $(ADRENAL_RUN)/plan.json
+	$(BIN)/vesalius train $(MEDMNIST)/adrenalmnist3d_64.npz --plan $(ADRENAL_RUN)/plan.json --fold official \
+		-o $(ADRENAL_RUN)
+	$(call ship-classifier,adrenal-3d,$(ADRENAL_RUN)/official)
+
+# A classification run's package and its plots become models/NAME (README.md there is written by hand).
+define ship-classifier
+	rm -rf models/$(1)/package && mkdir -p models/$(1)
+	cp -r $(2)/model models/$(1)/package
+	cp $(2)/evaluation.md $(2)/roc.png $(2)/confusion.png $(2)/reliability.png $(2)/training_curves.png models/$(1)/
+endef
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

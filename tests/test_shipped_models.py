@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vesalius.engines.classification.dataset import read_classification_dataset
+from vesalius.engines.classification.engine import Classifier, split_items
 from vesalius.engines.common.metrics.segmentation import dice
 from vesalius.engines.common.package import load_package, verify_package
 from vesalius.engines.segmentation.predict import Predictor
@@ -49,3 +51,29 @@ def test_the_hippocampus_model_segments_a_real_case_on_its_grid() -> None:
     assert np.array_equal(predicted.affine, image.affine)
     for value in (1, 2):
         assert dice(predicted.array == value, label.array == value) > 0.8  # a training case: a working check only
+
+
+CLASSIFIERS = {
+    "cxr-pneumonia": ("cxr-pneumonia/train", {"patient_pattern": r"(?P<patient>person\d+|IM-\d+)"}),
+    "breast-us": ("medmnist/breastmnist.npz", {}),
+    "adrenal-3d": ("medmnist/adrenalmnist3d_64.npz", {}),
+}
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_a_shipped_classifier_classifies_real_held_out_cases(name: str, tmp_path: Path) -> None:
+    package = MODELS / name / "package"
+    data = HIPPOCAMPUS_DATA.parent / CLASSIFIERS[name][0]
+    if not package.is_dir() or not data.exists():
+        pytest.skip(f"models/{name} or {data} is absent")
+    classifier = Classifier(package, device="cpu")
+    recorded = classifier.manifest.metrics
+    dataset = read_classification_dataset(data, **CLASSIFIERS[name][1])
+    _, _, evaluation = split_items(dataset, classifier.plan, recorded["fold"], tmp_path)
+    assert len(evaluation) == recorded["cases"]["evaluation"]  # the same held-out cases as at training time
+    cases = evaluation[:: max(1, len(evaluation) // 48)]
+    rows = classifier.probabilities([item.source for item in cases])
+    predicted = [classifier.plan.class_names.index(classifier.label(row)) for row in rows]
+    accuracy = np.mean([p == item.label for p, item in zip(predicted, cases, strict=True)])
+    assert accuracy >= recorded["evaluation"]["metrics"]["accuracy"]["value"] - 0.15

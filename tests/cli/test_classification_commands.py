@@ -29,12 +29,13 @@ def test_plan_train_predict_evaluate(tmp_path: Path) -> None:
         val_images=images[70:],
         val_labels=labels[70:, None],
     )
-    planned = runner.invoke(app, ["plan", str(data), "-o", str(tmp_path / "plan.json")])
+    options = ["--architecture", "resnet10", "--width", "0.25", "--batch-size", "16", "--input-size", "48"]
+    planned = runner.invoke(app, ["plan", str(data), *options, "--flip-axis", "1", "-o", str(tmp_path / "plan.json")])
     assert planned.exit_code == 0, planned.output
     assert "toy: 90 images" in planned.output
     plan = ClassificationPlan.load(tmp_path / "plan.json")
-    network = plan.network.model_copy(update={"architecture": "resnet10", "width": 0.25})
-    plan.model_copy(update={"network": network, "batch_size": 16}).save(tmp_path / "plan.json")
+    assert (plan.network.architecture, plan.network.width, plan.batch_size) == ("resnet10", 0.25, 16)
+    assert (plan.input_size, plan.augmentation.flip_axes, plan.tta_flips) == ([48, 48], [1], True)
 
     arguments = ["train", str(data), "--fold", "official", "--plan", str(tmp_path / "plan.json")]
     trained = runner.invoke(app, [*arguments, "-o", str(tmp_path / "run"), "--epochs", "2", "--device", "cpu"])

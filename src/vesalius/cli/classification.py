@@ -34,18 +34,31 @@ def plan(
     slices: int,
     architecture: str | None,
     patient_pattern: str | None,
+    input_size: int | None = None,
+    width: float | None = None,
+    batch_size: int | None = None,
+    flip_axes: list[int] | None = None,
 ) -> None:
     from vesalius.engines.classification.dataset import read_classification_dataset
     from vesalius.engines.classification.engine import plan_classification
 
     data = read_classification_dataset(dataset, **_options(patient_pattern))
-    derived = plan_classification(data, kind=kind, slices=slices, architecture=architecture)
+    derived = plan_classification(
+        data,
+        kind=kind,
+        slices=slices,
+        architecture=architecture,
+        input_size=None if input_size is None else [input_size],
+        width=width,
+        batch_size=batch_size,
+        flip_axes=flip_axes or None,
+    )
     plan_file = derived.save(output or Path(f"{derived.dataset_name}.plan.json"))
     counts = ", ".join(f"{n} {c}" for n, c in zip(data.class_counts(), data.class_names, strict=True))
     typer.echo(
         f"{derived.dataset_name}: {len(data.items)} images ({counts}); {derived.kind}; input "
         f"{' x '.join(map(str, derived.input_size))}; {derived.network.architecture} "
-        f"{derived.spatial_dims}-D; batch {derived.batch_size}; {derived.epochs} epochs; "
+        f"{derived.spatial_dims}-D width {derived.network.width}; batch {derived.batch_size}; {derived.epochs} epochs; "
         f"{'balanced sampling' if derived.balanced_sampling else 'uniform sampling'}"
     )
     typer.echo(f"wrote {plan_file}")

@@ -136,13 +136,25 @@ def plan(
         str | None, typer.Option(help="Classification backbone: resnet18, densenet121, efficientnet-b0, vit...")
     ] = None,
     patient_pattern: Annotated[str | None, typer.Option(help=PATIENT_HELP)] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Classification: side of the network input in pixels [default: from the images].")
+    ] = None,
+    width: Annotated[
+        float | None, typer.Option(help="Classification: ResNet width multiplier [default: 1 in 2-D, 0.5 in 3-D].")
+    ] = None,
+    flip_axis: Annotated[
+        list[int] | None,
+        typer.Option(help="Classification: an axis images may be mirrored on (repeat); also averaged at test time."),
+    ] = None,
 ) -> None:
     """Fingerprint a dataset and write the plan derived from it (a readable, editable JSON file)."""
     from vesalius.cli import classification
     from vesalius.engines.common.plan import plan_dataset
 
     if not classification.is_segmentation_dataset(dataset):
-        classification.plan(dataset, output, kind, slices, architecture, patient_pattern)
+        classification.plan(
+            dataset, output, kind, slices, architecture, patient_pattern, input_size, width, batch_size, flip_axis
+        )
         return
 
     fingerprint, derived = plan_dataset(

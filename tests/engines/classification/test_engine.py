@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from vesalius.core.errors import InputError
-from vesalius.engines.classification.dataset import read_classification_dataset, read_medmnist
+from vesalius.engines.classification.dataset import ImageSource, read_classification_dataset, read_medmnist
 from vesalius.engines.classification.engine import (
+    Classifier,
     fit_classifier,
     plan_classification,
     predict_classification,
@@ -103,3 +104,47 @@ def test_predictions_csv_has_a_row_per_input_and_per_npz_image(tmp_path: Path) -
     assert all(abs(float(r["p_0"]) + float(r["p_1"]) - 1) < 1e-4 for r in rows)
     with pytest.raises(InputError, match="no such file"):
         predict_classification(result.package, [tmp_path / "gone.png"], tmp_path / "out", device="cpu")
+
+
+def test_grey_images_stored_as_rgb_plan_one_channel_and_a_split_folder_takes_its_parents_name(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(1)
+    data = tmp_path / "chest" / "train"
+    for label, name in enumerate(["NORMAL", "PNEUMONIA"]):
+        (data / name).mkdir(parents=True)
+        for index in range(4):
+            grey = toy_image(label, rng)
+            Image.fromarray(np.stack([grey] * 3, axis=-1)).save(data / name / f"{index}.jpeg", quality=90)
+    dataset = read_classification_dataset(data)
+    assert dataset.name == "chest"
+    assert plan_classification(dataset).channels == 1
+    colour = tmp_path / "colour"
+    for name in ["a", "b"]:
+        (colour / name).mkdir(parents=True)
+        for index in range(4):
+            rgb = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(rgb).save(colour / name / f"{index}.png")
+    assert plan_classification(read_classification_dataset(colour)).channels == 3
+
+
+def test_a_plan_with_flips_averages_predictions_over_them_so_mirrored_images_score_alike(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 60)
+    images = np.stack([toy_image(int(label), rng)[:28, :28] for label in labels])
+    images[:, :, :10] = 0  # left-right asymmetric, so an unflipped prediction would differ from its mirror
+    np.savez(tmp_path / "toy.npz", train_images=images[:50], train_labels=labels[:50, None],
+             val_images=images[50:], val_labels=labels[50:, None])  # fmt: skip
+    plan = small(plan_classification(read_medmnist(tmp_path / "toy.npz"), flip_axes=[1]))
+    assert plan.tta_flips
+    result = fit_classifier(tmp_path / "toy.npz", plan, "official", tmp_path / "run", device="cpu", epochs=1)
+    pair = tmp_path / "pair.npz"
+    np.savez(pair, test_images=np.stack([images[0], images[0][:, ::-1]]), test_labels=np.zeros((2, 1), int))
+    classifier = Classifier(result.package, device="cpu")
+    sources = [ImageSource(pair, "test_images", 0), ImageSource(pair, "test_images", 1)]
+    original, mirrored = classifier.probabilities(sources)
+    np.testing.assert_allclose(original, mirrored, atol=1e-5)
+    no_tta = Classifier(result.package, device="cpu")
+    no_tta.plan = no_tta.plan.model_copy(update={"tta_flips": False})
+    plain, plain_mirrored = no_tta.probabilities(sources)
+    assert not np.allclose(plain, plain_mirrored, atol=1e-5)

@@ -77,3 +77,30 @@ def test_a_plan_round_trips_and_an_edited_bad_value_is_named(tmp_path: Path) -> 
     path.write_text(path.read_text().replace('"batch_size": 32', '"batch_size": 0'))
     with pytest.raises(PlanFileError, match="batch_size"):
         ClassificationPlan.load(path)
+
+
+def test_input_size_width_and_batch_can_be_set_for_a_cpu_sized_plan() -> None:
+    common = {"dataset_name": "cxr", "kind": "binary", "class_names": ["N", "P"], "class_counts": [1341, 3875]}
+    plan = make_classification_plan(
+        **common,  # type: ignore[arg-type]
+        median_size=[1100, 1400],
+        channels=1,
+        input_size=[120],
+        width=0.5,
+        batch_size=48,
+    )
+    assert (plan.input_size, plan.network.input_size) == ([128, 128], [128, 128])  # rounded up to 16
+    assert (plan.network.width, plan.batch_size) == (0.5, 48)
+    volume = make_classification_plan(**common, median_size=[64, 64, 64], channels=1, input_size=[48])  # type: ignore[arg-type]
+    assert volume.input_size == [48, 48, 48]
+    with pytest.raises(PlanFileError, match="2 sides"):
+        make_classification_plan(**common, median_size=[64, 64], channels=1, input_size=[64, 64, 64])  # type: ignore[arg-type]
+
+
+def test_flip_axes_are_a_choice_of_the_plan_and_turn_on_test_time_flips() -> None:
+    common = {"dataset_name": "breast", "kind": "binary", "class_names": ["0", "1"], "class_counts": [147, 399]}
+    plan = make_classification_plan(**common, median_size=[28, 28], channels=1, flip_axes=[1])  # type: ignore[arg-type]
+    assert (plan.augmentation.flip_axes, plan.tta_flips) == ([1], True)
+    assert not make_classification_plan(**common, median_size=[28, 28], channels=1).tta_flips  # type: ignore[arg-type]
+    with pytest.raises(PlanFileError, match="flip axes"):
+        make_classification_plan(**common, median_size=[28, 28], channels=1, flip_axes=[2])  # type: ignore[arg-type]

@@ -131,6 +131,10 @@ class ClassificationDataset:
         return np.asarray([item.label for item in self.items], dtype=np.int64)
 
 
+# a class-folder dataset in a folder named like a split takes its parent's name (cxr-pneumonia/train)
+_SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "validation", "test", "images", "data"})
+
+
 def _check_kind(where: str, kind: TaskKind, class_names: Sequence[str], items: Iterable[Item]) -> None:
     n = len(class_names)
     if kind not in get_args(TaskKind):
@@ -236,7 +240,7 @@ def read_class_folders(
                 patient = match.group("patient")
             items.append(Item(item_id=item_id, source=ImageSource(file), label=label, patient_id=patient))
     return ClassificationDataset(
-        name=folder.name,
+        name=folder.parent.name if folder.name.lower() in _SPLIT_FOLDER_NAMES else folder.name,
         source=folder,
         class_names=tuple(classes),
         items=tuple(items),

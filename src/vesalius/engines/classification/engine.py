@@ -43,6 +43,7 @@ from vesalius.engines.classification.trainer import (
     main_probabilities,
     predict_logits,
     train_classifier,
+    tta_flip_axes,
 )
 from vesalius.engines.common.calibration import apply_temperature, calibration_report, fit_temperature
 from vesalius.engines.common.calibration import reliability_diagram as write_reliability_png
@@ -58,8 +59,10 @@ from vesalius.engines.common.precision import autocast_dtype, pick_device
 
 SELECTION_FOLDS = 7  # one of seven: about 15% of the training patients
 _EPSILON = 1e-6
+GREY_TOLERANCE = 3.0  # 8-bit levels by which the channels of a grey image stored as colour may differ
 
 __all__ = [
+    "Classifier",
     "FitResult",
     "evaluate_predictions",
     "fit_classifier",
@@ -113,18 +116,30 @@ def _kind(dataset: ClassificationDataset, kind: str | None) -> TaskKind:
     return kind  # type: ignore[return-value]
 
 
+def _is_grey(image: npt.NDArray[np.float32]) -> bool:
+    """One channel, or three that agree within JPEG rounding (a grey X-ray saved as RGB)."""
+    return image.shape[0] == 1 or bool(np.abs(image - image[:1]).max() <= GREY_TOLERANCE)
+
+
 def plan_classification(
     dataset: ClassificationDataset,
     kind: str | None = None,
     slices: int = 1,
     architecture: str | None = None,
     sample: int = 64,
+    *,
+    input_size: Sequence[int] | None = None,
+    width: float | None = None,
+    batch_size: int | None = None,
+    flip_axes: Sequence[int] | None = None,
 ) -> ClassificationPlan:
-    """Median image size and channels from up to ``sample`` items, class counts from all of them."""
+    """Median image size and channels from up to ``sample`` items, class counts from all of them; the
+    keyword options override the derived input size, network width and batch size."""
     usable = [item for item in dataset.items if item.split != "test"]
     step = max(1, len(usable) // sample)
-    shapes = [load_image(item.source).shape for item in usable[::step][:sample]]
-    channels = int(np.median([s[0] for s in shapes]))
+    images = [load_image(item.source) for item in usable[::step][:sample]]
+    shapes = [image.shape for image in images]
+    channels = 1 if all(_is_grey(image) for image in images) else int(np.median([s[0] for s in shapes]))
     median = [float(np.median([s[axis] for s in shapes])) for axis in range(1, len(shapes[0]))]
     return make_classification_plan(
         dataset_name=dataset.name,
@@ -136,6 +151,10 @@ def plan_classification(
         extra_targets=dataset.extra_targets,
         slices=slices,
         architecture=architecture,
+        input_size=input_size,
+        width=width,
+        batch_size=batch_size,
+        flip_axes=flip_axes,
     )
 
 
@@ -216,7 +235,13 @@ def fit_classifier(
     network.load_state_dict(result.state_dict)
     target = pick_device(device)
     evaluation_set = _image_set(evaluation, plan)
-    logits = predict_logits(network.to(target), evaluation_set.images, target, autocast_dtype(target, precision))
+    logits = predict_logits(
+        network.to(target),
+        evaluation_set.images,
+        target,
+        autocast_dtype(target, precision),
+        flip_axes=tta_flip_axes(plan),
+    )
     probabilities = _calibrated(plan, logits["main"], temperature)
     report = classification_report(evaluation_set.labels, probabilities, plan.kind, plan.class_names, threshold)
     write_roc_png(run / "roc.png", evaluation_set.labels, probabilities, plan.class_names)
@@ -288,6 +313,42 @@ def _input_sources(inputs: Sequence[Path | str]) -> list[tuple[str, ImageSource]
     return sources
 
 
+class Classifier:
+    """A classification package loaded once (verified) and ready on a device: calibrated probabilities and
+    labels for image sources, as ``predict`` writes them."""
+
+    def __init__(self, package_dir: Path | str, *, device: str = "auto", precision: str = "auto") -> None:
+        package: ModelPackage = load_package(package_dir)
+        if package.manifest.task != "classification":
+            raise InputError(f"{package_dir}: a {package.manifest.task} package, not a classification one")
+        self.manifest = package.manifest
+        self.plan = ClassificationPlan.model_validate(package.manifest.plan)
+        self.temperature = float(package.manifest.postprocessing.get("temperature", 1.0))
+        threshold = package.manifest.postprocessing.get("threshold")
+        self.threshold = None if threshold is None else float(threshold)
+        self.device = pick_device(device)
+        network = ClassificationNetwork.build(self.plan.network)
+        network.load_state_dict(package.state_dict())
+        self.network = network.to(self.device)
+        self.dtype = autocast_dtype(self.device, precision)
+
+    def probabilities(self, sources: Sequence[ImageSource]) -> npt.NDArray[Any]:
+        """(N, classes): calibrated probabilities (per label for multi-label tasks)."""
+        images = prepare_images(sources, self.plan)
+        flips = tta_flip_axes(self.plan)
+        logits = predict_logits(self.network, images, self.device, self.dtype, flip_axes=flips)["main"]
+        return _calibrated(self.plan, logits, self.temperature)
+
+    def label(self, row: npt.NDArray[Any]) -> str:
+        """The predicted class: the operating point for binary tasks, labels at 0.5 for multi-label ones."""
+        names = self.plan.class_names
+        if self.plan.kind == "binary" and self.threshold is not None:
+            return names[int(row[1] >= self.threshold)]
+        if self.plan.kind == "multilabel":
+            return ";".join(n for n, p in zip(names, row, strict=True) if p >= 0.5)
+        return names[int(np.argmax(row))]
+
+
 def predict_classification(
     package_dir: Path | str,
     inputs: Sequence[Path | str],
@@ -298,38 +359,19 @@ def predict_classification(
     batch_size: int = 64,
 ) -> Path:
     """Write ``predictions.csv``: input, predicted label, one calibrated probability column per class."""
-    package: ModelPackage = load_package(package_dir)
-    if package.manifest.task != "classification":
-        raise InputError(f"{package_dir}: a {package.manifest.task} package, not a classification one")
-    plan = ClassificationPlan.model_validate(package.manifest.plan)
-    temperature = float(package.manifest.postprocessing.get("temperature", 1.0))
-    threshold = package.manifest.postprocessing.get("threshold")
-    network = ClassificationNetwork.build(plan.network)
-    network.load_state_dict(package.state_dict())
-    target = pick_device(device)
-    network = network.to(target)
-    dtype = autocast_dtype(target, precision)
+    classifier = Classifier(package_dir, device=device, precision=precision)
     sources = _input_sources(inputs)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     file = output / "predictions.csv"
     with file.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["input", "predicted", *[f"p_{name}" for name in plan.class_names]])
+        writer.writerow(["input", "predicted", *[f"p_{name}" for name in classifier.plan.class_names]])
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
-            images = prepare_images([source for _, source in chunk], plan)
-            logits = predict_logits(network, images, target, dtype)["main"]
-            probabilities = _calibrated(plan, logits, temperature)
+            probabilities = classifier.probabilities([source for _, source in chunk])
             for (name, _), row in zip(chunk, probabilities, strict=True):
-                if plan.kind == "binary" and threshold is not None:
-                    index = int(row[1] >= threshold)
-                    predicted = plan.class_names[index]
-                elif plan.kind == "multilabel":
-                    predicted = ";".join(n for n, p in zip(plan.class_names, row, strict=True) if p >= 0.5)
-                else:
-                    predicted = plan.class_names[int(np.argmax(row))]
-                writer.writerow([name, predicted, *[f"{p:.6f}" for p in row]])
+                writer.writerow([name, classifier.label(row), *[f"{p:.6f}" for p in row]])
     return file
 
 

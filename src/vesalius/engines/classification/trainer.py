@@ -39,7 +39,7 @@ from vesalius.engines.common.precision import autocast_dtype, pick_device
 
 Progress = Callable[[dict[str, Any]], None]
 
-__all__ = ["ImageSet", "TrainingResult", "main_probabilities", "predict_logits", "train_classifier"]
+__all__ = ["ImageSet", "TrainingResult", "main_probabilities", "predict_logits", "train_classifier", "tta_flip_axes"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,11 @@ def predict_logits(
     return {name: np.concatenate(parts).astype(np.float32) for name, parts in outputs.items()}
 
 
+def tta_flip_axes(plan: ClassificationPlan) -> tuple[int, ...]:
+    """The spatial axes predictions are averaged over: the augmentation's flips when the plan asks for TTA."""
+    return tuple(plan.augmentation.flip_axes) if plan.tta_flips else ()
+
+
 def _training_dtype(plan: ClassificationPlan, target: torch.device, precision: str) -> torch.dtype | None:
     if precision == "auto" and target.type == "cpu" and plan.network.spatial_dims == 3:
         return None  # measured: a 3-D ResNet trained under CPU bf16 autocast went to nan in its first epoch
@@ -234,7 +239,7 @@ def train_classifier(
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             losses.append(float(loss.detach()))
-        logits = predict_logits(network, validation.images, target, dtype)
+        logits = predict_logits(network, validation.images, target, dtype, flip_axes=tta_flip_axes(plan))
         score = validation_score(plan, validation.labels, logits["main"])
         record = {
             "epoch": epoch + 1,
@@ -253,7 +258,7 @@ def train_classifier(
     assert best_state is not None
     if best_logits is None:  # the best epoch ran before a resume: score its weights again
         network.load_state_dict(best_state)
-        best_logits = predict_logits(network, validation.images, target, dtype)
+        best_logits = predict_logits(network, validation.images, target, dtype, flip_axes=tta_flip_axes(plan))
     curves = plot_curves(
         run / "training_curves.png",
         [h["loss"] for h in history],
