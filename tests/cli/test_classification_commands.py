@@ -30,12 +30,14 @@ def test_plan_train_predict_evaluate(tmp_path: Path) -> None:
         val_labels=labels[70:, None],
     )
     options = ["--architecture", "resnet10", "--width", "0.25", "--batch-size", "16", "--input-size", "48"]
+    options += ["--set", "label_smoothing=0.1"]
     planned = runner.invoke(app, ["plan", str(data), *options, "--flip-axis", "1", "-o", str(tmp_path / "plan.json")])
     assert planned.exit_code == 0, planned.output
     assert "toy: 90 images" in planned.output
     plan = ClassificationPlan.load(tmp_path / "plan.json")
     assert (plan.network.architecture, plan.network.width, plan.batch_size) == ("resnet10", 0.25, 16)
     assert (plan.input_size, plan.augmentation.flip_axes, plan.tta_flips) == ([48, 48], [1], True)
+    assert plan.label_smoothing == 0.1
 
     arguments = ["train", str(data), "--fold", "official", "--plan", str(tmp_path / "plan.json")]
     trained = runner.invoke(app, [*arguments, "-o", str(tmp_path / "run"), "--epochs", "2", "--device", "cpu"])

@@ -39,10 +39,10 @@ def test_plan_takes_a_narrower_network_and_a_batch_size_for_small_compute(tmp_pa
     dataset = write_msd(tmp_path / "Fake", cases)
     out = tmp_path / "cpu.plan.json"
     arguments = ["plan", str(dataset), "-o", str(out), "--base-filters", "8", "--batch-size", "3"]
-    result = runner.invoke(app, arguments)
+    result = runner.invoke(app, [*arguments, "--set", "training.epochs=7"])
     assert result.exit_code == 0, result.output
     plan = SegmentationPlan.load(out)
-    assert plan.batch_size == 3
+    assert (plan.batch_size, plan.training.epochs) == (3, 7)
     assert plan.network.filters[:3] == [8, 16, 32]
     bad = runner.invoke(app, ["plan", str(dataset), "-o", str(out), "--base-filters", "0"])
     assert bad.exit_code == 2

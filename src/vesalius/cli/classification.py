@@ -38,9 +38,11 @@ def plan(
     width: float | None = None,
     batch_size: int | None = None,
     flip_axes: list[int] | None = None,
+    settings: list[str] | None = None,
 ) -> None:
     from vesalius.engines.classification.dataset import read_classification_dataset
     from vesalius.engines.classification.engine import plan_classification
+    from vesalius.engines.common.plan_file import override_plan
 
     data = read_classification_dataset(dataset, **_options(patient_pattern))
     derived = plan_classification(
@@ -53,6 +55,7 @@ def plan(
         batch_size=batch_size,
         flip_axes=flip_axes or None,
     )
+    derived = override_plan(derived, settings or [])
     plan_file = derived.save(output or Path(f"{derived.dataset_name}.plan.json"))
     counts = ", ".join(f"{n} {c}" for n, c in zip(data.class_counts(), data.class_names, strict=True))
     typer.echo(

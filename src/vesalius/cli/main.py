@@ -146,20 +146,36 @@ def plan(
         list[int] | None,
         typer.Option(help="Classification: an axis images may be mirrored on (repeat); also averaged at test time."),
     ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any plan field as field=value (repeat), e.g. --set network.width=0.5."),
+    ] = None,
 ) -> None:
     """Fingerprint a dataset and write the plan derived from it (a readable, editable JSON file)."""
     from vesalius.cli import classification
     from vesalius.engines.common.plan import plan_dataset
+    from vesalius.engines.common.plan_file import override_plan
 
     if not classification.is_segmentation_dataset(dataset):
         classification.plan(
-            dataset, output, kind, slices, architecture, patient_pattern, input_size, width, batch_size, flip_axis
+            dataset,
+            output,
+            kind,
+            slices,
+            architecture,
+            patient_pattern,
+            input_size,
+            width,
+            batch_size,
+            flip_axis,
+            settings,
         )
         return
 
     fingerprint, derived = plan_dataset(
         dataset, memory_budget_gb=memory_budget_gb, workers=workers, base_filters=base_filters, batch_size=batch_size
     )
+    derived = override_plan(derived, settings or [])
     plan_file = output or Path(f"{derived.dataset_name}.plan.json")
     derived.save(plan_file)
     fingerprint_file = plan_file.parent / f"{derived.dataset_name}.fingerprint.json"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from vesalius.core.errors import TrainingDivergedError
 from vesalius.engines.classification.plan import ClassificationPlan, make_classification_plan
@@ -15,6 +17,7 @@ from vesalius.engines.classification.trainer import (
     train_classifier,
     validation_score,
 )
+from vesalius.engines.common.checkpoint import AVERAGED, MODEL
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -109,3 +112,30 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path: Path) -> None:
     poisoned = ImageSet(data.ids, np.full_like(data.images, np.nan), data.labels)
     with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 1, step 1"):
         train_classifier(toy_plan(), poisoned, data, tmp_path / "run", epochs=1, device="cpu")
+
+
+class SimulatedCrashError(Exception):
+    """Stands for a worker killed after a checkpoint was written."""
+
+
+def crash_after_epoch_2(record: dict[str, object]) -> None:
+    if record["epoch"] == 2:
+        raise SimulatedCrashError
+
+
+def test_weight_averaging_validates_and_keeps_the_average_and_a_crashed_run_resumes_exactly(tmp_path: Path) -> None:
+    plan = toy_plan().model_copy(update={"weight_averaging": 0.9, "epochs": 3})
+    with pytest.raises(SimulatedCrashError):
+        train_classifier(
+            plan, toy_set(32, 0), toy_set(16, 1), tmp_path / "run", device="cpu", progress=crash_after_epoch_2
+        )
+    folder = tmp_path / "run" / "checkpoint"
+    average, raw = load_file(str(folder / AVERAGED)), load_file(str(folder / MODEL))
+    name = next(key for key in raw if key.endswith("weight") and raw[key].ndim == 4)
+    assert not torch.equal(average[f"module.{name}"], raw[name])  # the average is not the last step's weights
+    resumed = train_classifier(plan, toy_set(32, 0), toy_set(16, 1), tmp_path / "run", device="cpu")
+    straight = train_classifier(plan, toy_set(32, 0), toy_set(16, 1), tmp_path / "once", device="cpu")
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], rel=1e-5)
+    final = load_file(str(tmp_path / "once" / "checkpoint" / AVERAGED))
+    if straight.best_epoch == 3:  # what is kept and shipped is the average, not the raw weights
+        assert torch.equal(straight.state_dict[name], final[f"module.{name}"])

@@ -69,6 +69,13 @@ class ClassificationPlan(_Model):
     focal_gamma: float = Field(default=2.0, ge=0)
     balanced_sampling: bool = Field(description="Draw batches with inverse class-frequency weights")
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    weight_averaging: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Exponential moving average of the weights per step (e.g. 0.99); the average is what is "
+        "validated and shipped. 0: off",
+    )
     learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     epochs: int = Field(ge=1)

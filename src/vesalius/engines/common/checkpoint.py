@@ -4,7 +4,8 @@ A checkpoint folder holds ``model.safetensors`` (the network's state dict), ``op
 optimizer's tensors, e.g. SGD momentum buffers, flattened to ``state.<param>.<name>``) and ``state.json``
 (epoch, history, optimizer hyper-parameters, AMP scaler, anything else the trainer wants back). Each file is
 written to a temporary name and renamed, and ``state.json`` last, so a crash mid-save leaves the previous
-checkpoint readable. ``best.safetensors`` beside them holds the weights of the best validated epoch so far.
+checkpoint readable. ``best.safetensors`` beside them holds the weights of the best validated epoch so far, and
+``averaged.safetensors`` a trainer's running weight average (written before ``state.json``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vesalius.core.errors import InputError
 MODEL = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 BEST = "best.safetensors"
+AVERAGED = "averaged.safetensors"
 STATE = "state.json"
 
 
@@ -104,11 +106,22 @@ def resume_checkpoint(
     return checkpoint
 
 
-def save_best(folder: Path | str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Keep ``model``'s current weights as the best so far, on disk and as returned CPU copies."""
+def save_weights(folder: Path | str, model: torch.nn.Module, file: str) -> dict[str, torch.Tensor]:
+    """Write ``model``'s current weights to ``folder/file`` atomically; return them as CPU copies."""
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
-    save_file(weights, str(target / f".{BEST}.tmp"))
-    _replace(target / f".{BEST}.tmp", target / BEST)
+    save_file(weights, str(target / f".{file}.tmp"))
+    _replace(target / f".{file}.tmp", target / file)
     return weights
+
+
+def load_weights(folder: Path | str, file: str) -> dict[str, torch.Tensor] | None:
+    """The weights ``save_weights`` wrote, or None when the file is absent."""
+    path = Path(folder) / file
+    return load_file(str(path)) if path.is_file() else None
+
+
+def save_best(folder: Path | str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Keep ``model``'s current weights as the best so far, on disk and as returned CPU copies."""
+    return save_weights(folder, model, BEST)

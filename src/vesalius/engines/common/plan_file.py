@@ -6,9 +6,11 @@ by file and field, with the value found.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -17,7 +19,7 @@ from vesalius.core.errors import PlanFileError
 Plan = TypeVar("Plan", bound=BaseModel)
 _NUMBER_LIST = re.compile(r"\[\s*(-?[0-9.eE+-]+(?:,\s*-?[0-9.eE+-]+)*)\s*\]")
 
-__all__ = ["load_plan", "save_plan"]
+__all__ = ["load_plan", "override_plan", "save_plan"]
 
 
 def save_plan(plan: BaseModel, path: Path | str) -> Path:
@@ -29,6 +31,42 @@ def save_plan(plan: BaseModel, path: Path | str) -> Path:
     return file
 
 
+def _problems(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"])
+        found = repr(item["input"])[:60] if where else ""
+        problems.append(f"{where}: {item['msg']} (found {found})" if where else item["msg"])
+    return "; ".join(problems)
+
+
+def override_plan(plan: Plan, assignments: Sequence[str]) -> Plan:
+    """The plan with ``field.sub=value`` edits applied (values read as JSON, else as text), validated again.
+
+    The command-line twin of editing the file: ``--set label_smoothing=0.1 --set network.width=0.5``."""
+    data: dict[str, Any] = plan.model_dump(mode="json")
+    for assignment in assignments:
+        name, equals, raw = assignment.partition("=")
+        if not equals or not name.strip():
+            raise PlanFileError(f"plan setting {assignment!r}: expected field=value, e.g. network.width=0.5")
+        *parents, leaf = name.strip().split(".")
+        node = data
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise PlanFileError(f"plan setting {assignment!r}: the plan has no section {part!r}")
+            node = node[part]
+        if leaf not in node:
+            raise PlanFileError(f"plan setting {assignment!r}: the plan has no field {name.strip()!r}")
+        try:
+            node[leaf] = json.loads(raw)
+        except json.JSONDecodeError:
+            node[leaf] = raw
+    try:
+        return type(plan).model_validate(data)
+    except ValidationError as error:
+        raise PlanFileError(f"plan settings {list(assignments)}: {_problems(error)}") from error
+
+
 def load_plan(kind: type[Plan], path: Path | str) -> Plan:
     file = Path(path)
     try:
@@ -38,9 +76,4 @@ def load_plan(kind: type[Plan], path: Path | str) -> Plan:
     try:
         return kind.model_validate_json(text)
     except ValidationError as error:
-        problems = []
-        for item in error.errors()[:5]:
-            where = ".".join(str(p) for p in item["loc"])
-            found = repr(item["input"])[:60] if where else ""
-            problems.append(f"{where}: {item['msg']} (found {found})" if where else item["msg"])
-        raise PlanFileError(f"{file}: invalid plan: " + "; ".join(problems)) from error
+        raise PlanFileError(f"{file}: invalid plan: {_problems(error)}") from error
