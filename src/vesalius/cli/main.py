@@ -365,5 +365,23 @@ def predict(
         typer.echo(f"wrote {path}")
 
 
+@app.command()
+@friendly_errors
+def reference(
+    series: Annotated[Path, typer.Argument(help="The CT series folder the LIDC read annotates (DICOM).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="LUNA16-style CSV of the reference nodules.")],
+    xml: Annotated[Path | None, typer.Option(help="The LIDC XML read [default: the one XML file in SERIES].")] = None,
+    excluded: Annotated[
+        Path | None, typer.Option(help="CSV of the irrelevant findings (LUNA16's annotations_excluded).")
+    ] = None,
+    min_readers: Annotated[int, typer.Option(help="Readers who must have marked a nodule.")] = 3,
+    min_diameter: Annotated[float, typer.Option(help="Smallest nodule diameter in mm.")] = 3.0,
+) -> None:
+    """Build the LUNA16 reference standard of a chest CT from its LIDC reader marks (world LPS mm)."""
+    from vesalius.cli import detection
+
+    detection.reference(series, xml, output, excluded, min_readers, min_diameter)
+
+
 def run() -> None:  # pragma: no cover - console entry point alias
     sys.exit(app())
