@@ -20,6 +20,7 @@ from vesalius.engines.classification.engine import (
     split_items,
 )
 from vesalius.engines.classification.plan import ClassificationPlan
+from vesalius.engines.common.metrics.classification import classification_report
 from vesalius.engines.common.package import load_package
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -69,6 +70,14 @@ def test_a_fold_is_trained_calibrated_reported_and_packaged(tmp_path: Path) -> N
     assert "ece_after" in manifest.metrics["calibration"]
     for name in ("roc.png", "confusion.png", "reliability.png", "training_curves.png", "evaluation.md"):
         assert (result.run_dir / name).stat().st_size > 0
+    # the recorded figures are those of the shipped (float16) weights: predicting again reproduces them exactly
+    classifier = Classifier(result.package, device="cpu")
+    again = classifier.probabilities([item.source for item in evaluation])
+    recorded = manifest.metrics["evaluation"]["metrics"]
+    labels = np.asarray([item.label for item in evaluation])
+    report = classification_report(labels, again, plan.kind, plan.class_names, classifier.threshold)
+    for metric in ("auc", "accuracy", "sensitivity", "specificity"):
+        assert report.metrics[metric].value == recorded[metric]["value"]
 
     image = data / "PNEUMONIA" / "person3_PNEUMONIA_1.png"
     written = predict_classification(result.package, [image, data / "NORMAL"], tmp_path / "out", device="cpu")

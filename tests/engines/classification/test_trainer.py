@@ -63,6 +63,8 @@ def test_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     resumed = train_classifier(plan, toy_set(32, 0), toy_set(16, 1), tmp_path / "run", epochs=3, device="cpu")
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[:2] == first.history
+    assert resumed.seconds == sum(h["seconds"] for h in resumed.history)  # the first run's epochs count too
+    assert resumed.seconds > first.seconds
 
 
 def test_ordinal_grades_give_probabilities_and_a_kappa(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from vesalius.engines.common.package import (
     MANIFEST,
     WEIGHTS,
     PackageManifest,
+    as_stored,
     load_package,
     save_package,
     verify_package,
@@ -104,6 +105,10 @@ def test_half_precision_weights_halve_the_file_and_load_into_a_float32_network(t
     torch.testing.assert_close(
         network.state_dict()["final_conv.weight"], state["final_conv.weight"], atol=1e-3, rtol=1e-3
     )
+    stored = as_stored(state, torch.float16)  # what a trainer scores: exactly what the loaded network holds
+    assert not torch.equal(stored["final_conv.weight"], state["final_conv.weight"])
+    for name, value in network.state_dict().items():
+        assert torch.equal(value, stored[name]), name
 
 
 def test_manifest_keeps_what_was_saved_and_lists_every_file(package: Path) -> None:

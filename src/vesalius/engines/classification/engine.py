@@ -54,9 +54,10 @@ from vesalius.engines.common.metrics.classification import (
     write_confusion_png,
     write_roc_png,
 )
-from vesalius.engines.common.package import ModelPackage, load_package, save_package
+from vesalius.engines.common.package import ModelPackage, as_stored, load_package, save_package
 from vesalius.engines.common.precision import autocast_dtype, pick_device
 
+WEIGHTS_DTYPE = torch.float16  # what packages store: half the size, no measurable loss (figures are of these)
 SELECTION_FOLDS = 7  # one of seven: about 15% of the training patients
 _EPSILON = 1e-6
 GREY_TOLERANCE = 3.0  # 8-bit levels by which the channels of a grey image stored as colour may differ
@@ -225,23 +226,21 @@ def fit_classifier(
     result = train_classifier(
         plan, train_set, selection_set, run, device=device, precision=precision, epochs=epochs, progress=progress
     )
+    shipped = as_stored(result.state_dict, WEIGHTS_DTYPE)  # every figure below is of the weights the package holds
+    network = ClassificationNetwork.build(plan.network)
+    network.load_state_dict(shipped)
+    target = pick_device(device)
+    network = network.to(target)
+    dtype = autocast_dtype(target, precision)
+    selection_logits = predict_logits(network, selection_set.images, target, dtype, flip_axes=tta_flip_axes(plan))
     temperature, threshold = 1.0, None
     if plan.kind in ("binary", "multiclass"):
-        temperature = fit_temperature(result.validation_logits["main"], selection_set.labels)
+        temperature = fit_temperature(selection_logits["main"], selection_set.labels)
     if plan.kind == "binary":
-        calibrated = _calibrated(plan, result.validation_logits["main"], temperature)
+        calibrated = _calibrated(plan, selection_logits["main"], temperature)
         threshold = choose_operating_point(selection_set.labels, calibrated[:, 1])
-    network = ClassificationNetwork.build(plan.network)
-    network.load_state_dict(result.state_dict)
-    target = pick_device(device)
     evaluation_set = _image_set(evaluation, plan)
-    logits = predict_logits(
-        network.to(target),
-        evaluation_set.images,
-        target,
-        autocast_dtype(target, precision),
-        flip_axes=tta_flip_axes(plan),
-    )
+    logits = predict_logits(network, evaluation_set.images, target, dtype, flip_axes=tta_flip_axes(plan))
     probabilities = _calibrated(plan, logits["main"], temperature)
     report = classification_report(evaluation_set.labels, probabilities, plan.kind, plan.class_names, threshold)
     write_roc_png(run / "roc.png", evaluation_set.labels, probabilities, plan.class_names)
@@ -282,10 +281,10 @@ def fit_classifier(
         plan=plan,
         metrics=metrics,
         data_fingerprint=fingerprint,
-        state_dict=result.state_dict,
+        state_dict=shipped,
         overwrite=True,
         postprocessing={"temperature": temperature, "threshold": threshold},
-        weights_dtype=torch.float16,
+        weights_dtype=WEIGHTS_DTYPE,
     )
     return FitResult(package=package, metrics=metrics, run_dir=run)
 

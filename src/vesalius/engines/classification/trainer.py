@@ -277,7 +277,6 @@ def train_classifier(
         if averaged is not None and (average := load_weights(run / "checkpoint", AVERAGED)) is not None:
             averaged.load_state_dict(average)
     (run / "checkpoint").mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     steps = _Steps(plan, network, averaged, optimizer, target, dtype)
     for epoch in range(start_epoch, total_epochs):
         epoch_started = time.perf_counter()
@@ -318,5 +317,5 @@ def train_classifier(
         validation_logits=best_logits,
         history=history,
         curves=curves,
-        seconds=time.perf_counter() - started,
+        seconds=float(sum(h["seconds"] for h in history)),  # across resumes: the epochs of every run
     )

@@ -238,6 +238,18 @@ def _integrity_problems(folder: Path, manifest: PackageManifest, data: Mapping[s
     return problems
 
 
+def as_stored(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The weights as a package saved with ``weights_dtype=dtype`` gives them back: floating-point tensors rounded
+    through ``dtype`` and returned in their own dtype. A trainer scores these, so that the metrics a package
+    records are those of the weights it ships."""
+    return {
+        key: tensor.detach().cpu().to(dtype).to(tensor.dtype)
+        if dtype is not None and tensor.is_floating_point()
+        else tensor.detach().cpu()
+        for key, tensor in state_dict.items()
+    }
+
+
 def _savable(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors with no shared storage, as safetensors requires."""
     seen: set[int] = set()
