@@ -36,23 +36,19 @@ from vesalius.engines.common.metrics.classification import classification_report
 
 NAME = "cls_models"
 SHARED = REPO.parent / "shared" / "data"
-PNEUMONIA_PATIENTS = r"(?P<patient>person\d+|IM-\d+)"
 MODELS: dict[str, dict[str, Any]] = {
     "cxr-pneumonia": {
         "data": SHARED / "cxr-pneumonia" / "train",
-        "options": {"patient_pattern": PNEUMONIA_PATIENTS},
         "goals": {"accuracy": 0.95, "auc": 0.99},
         "evaluation": "held-out patients of fold 0 (of 5)",
     },
     "breast-us": {
         "data": SHARED / "medmnist" / "breastmnist.npz",
-        "options": {},
         "goals": {"auc": 0.94, "accuracy": 0.91},
         "evaluation": "BreastMNIST val split",
     },
     "adrenal-3d": {
         "data": SHARED / "medmnist" / "adrenalmnist3d_64.npz",
-        "options": {},
         "goals": {"auc": 0.86, "accuracy": 0.82},
         "evaluation": "AdrenalMNIST3D (64^3) val split",
     },
@@ -65,7 +61,8 @@ def score(name: str, runs: int) -> dict[str, Any]:
     config = MODELS[name]
     classifier = Classifier(REPO / "models" / name / "package", device="cpu")
     recorded = classifier.manifest.metrics
-    dataset = read_classification_dataset(config["data"], **config["options"])
+    pattern = classifier.plan.patient_pattern  # the fold is rebuilt with the grouping it was trained with
+    dataset = read_classification_dataset(config["data"], **({"patient_pattern": pattern} if pattern else {}))
     with tempfile.TemporaryDirectory() as folder:
         _, _, evaluation = split_items(dataset, classifier.plan, recorded["fold"], Path(folder))
     sources = [item.source for item in evaluation]

@@ -54,6 +54,7 @@ def plan(
         width=width,
         batch_size=batch_size,
         flip_axes=flip_axes or None,
+        patient_pattern=patient_pattern,
     )
     derived = override_plan(derived, settings or [])
     plan_file = derived.save(output or Path(f"{derived.dataset_name}.plan.json"))
@@ -85,11 +86,11 @@ def train(
 
     if fold != "official" and not fold.isdigit():
         raise typer.BadParameter(f"--fold must be a fold number or 'official' for classification, got {fold!r}")
-    data = read_classification_dataset(dataset, **_options(patient_pattern))
-    if plan_file is not None:
-        derived = ClassificationPlan.load(plan_file)
-    else:
-        derived = plan_classification(data)
+    derived = ClassificationPlan.load(plan_file) if plan_file is not None else None
+    pattern = patient_pattern or (derived.patient_pattern if derived is not None else None)
+    data = read_classification_dataset(dataset, **_options(pattern))
+    if derived is None:
+        derived = plan_classification(data, patient_pattern=pattern)
         derived.save(output / "plan.json")
     with Progress(transient=False) as bar:
         task = bar.add_task("training", total=epochs or derived.epochs)

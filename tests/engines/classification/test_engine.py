@@ -51,14 +51,15 @@ def test_a_fold_is_trained_calibrated_reported_and_packaged(tmp_path: Path) -> N
     data = class_folders(tmp_path / "cxr")
     options = {"patient_pattern": r"(?P<patient>person\d+)_"}
     dataset = read_classification_dataset(data, **options)
-    plan = small(plan_classification(dataset))
+    plan = small(plan_classification(dataset, patient_pattern=options["patient_pattern"]))
     assert plan.input_size == [48, 48]
+    assert plan.patient_pattern == options["patient_pattern"]  # kept, so the split can be rebuilt from the plan
     training, selection, evaluation = split_items(dataset, plan, 0, tmp_path / "run")
     patients = [{item.patient_id for item in part} for part in (training, selection, evaluation)]
     assert not (patients[0] & patients[1])
     assert not (patients[0] & patients[2])
     assert not (patients[1] & patients[2])
-    result = fit_classifier(data, plan, 0, tmp_path / "run", device="cpu", dataset_options=options)
+    result = fit_classifier(data, plan, 0, tmp_path / "run", device="cpu")  # grouped by the plan's pattern
     manifest = load_package(result.package).manifest
     assert manifest.task == "classification"
     evaluation_auc = manifest.metrics["evaluation"]["metrics"]["auc"]

@@ -133,6 +133,7 @@ def plan_classification(
     width: float | None = None,
     batch_size: int | None = None,
     flip_axes: Sequence[int] | None = None,
+    patient_pattern: str | None = None,
 ) -> ClassificationPlan:
     """Median image size and channels from up to ``sample`` items, class counts from all of them; the
     keyword options override the derived input size, network width and batch size."""
@@ -142,7 +143,7 @@ def plan_classification(
     shapes = [image.shape for image in images]
     channels = 1 if all(_is_grey(image) for image in images) else int(np.median([s[0] for s in shapes]))
     median = [float(np.median([s[axis] for s in shapes])) for axis in range(1, len(shapes[0]))]
-    return make_classification_plan(
+    plan = make_classification_plan(
         dataset_name=dataset.name,
         kind=_kind(dataset, kind),
         class_names=dataset.class_names,
@@ -157,6 +158,7 @@ def plan_classification(
         batch_size=batch_size,
         flip_axes=flip_axes,
     )
+    return plan.model_copy(update={"patient_pattern": patient_pattern})  # so a rebuilt split groups alike
 
 
 def _image_set(items: list[Item], plan: ClassificationPlan) -> ImageSet:
@@ -218,7 +220,8 @@ def fit_classifier(
 
     ``dataset`` is a read dataset, or its path (read with ``dataset_options``)."""
     if not isinstance(dataset, ClassificationDataset):
-        dataset = read_classification_dataset(dataset, **(dataset_options or {}))
+        options = dataset_options or ({"patient_pattern": plan.patient_pattern} if plan.patient_pattern else {})
+        dataset = read_classification_dataset(dataset, **options)
     root = Path(output_dir)
     run = root / (f"fold_{fold}" if fold != "official" else "official")
     training, selection, evaluation = split_items(dataset, plan, fold, root)

@@ -55,6 +55,9 @@ class ClassificationPlan(_Model):
     task: Literal["classification"] = "classification"
     kind: TaskKind = Field(description="binary, multiclass, ordinal (grades) or multilabel")
     dataset_name: str
+    patient_pattern: str | None = Field(
+        default=None, description="Regular expression whose group 'patient' names the patient in a file name"
+    )
     class_names: list[str] = Field(description="Class (or grade, or label) names in index order")
     extra_targets: dict[str, list[str]] = Field(default={}, description="Multi-task heads: name -> class names")
     spatial_dims: Literal[2, 3]
