@@ -15,7 +15,8 @@ from vesalius.engines.segmentation.predict import Predictor
 from vesalius.io import read_volume
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-HIPPOCAMPUS_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hippocampus"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HIPPOCAMPUS_DATA = SHARED_DATA / "hippocampus"
 LIMIT_BYTES = 25 * 1024 * 1024
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -64,9 +65,10 @@ CLASSIFIERS = {
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
 def test_a_shipped_classifier_classifies_real_held_out_cases(name: str, tmp_path: Path) -> None:
     package = MODELS / name / "package"
-    data = HIPPOCAMPUS_DATA.parent / CLASSIFIERS[name]
-    if not package.is_dir() or not data.exists():
-        pytest.skip(f"models/{name} or {data} is absent")
+    data = SHARED_DATA / CLASSIFIERS[name]
+    assert package.is_dir(), f"models/{name} is shipped with the repository"
+    if not data.exists():
+        pytest.skip(f"{data} is absent")
     classifier = Classifier(package, device="cpu")
     recorded = classifier.manifest.metrics
     pattern = classifier.plan.patient_pattern

@@ -43,7 +43,8 @@ from vesalius.engines.common.checkpoint import (
     save_weights,
 )
 from vesalius.engines.common.curves import plot_curves
-from vesalius.engines.common.precision import autocast_dtype, pick_device
+from vesalius.engines.common.precision import pick_device, training_dtype
+from vesalius.engines.common.schedule import warmup_cosine
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -178,12 +179,6 @@ def _weight_average(network: MultiHeadClassifier, decay: float) -> AveragedModel
     return AveragedModel(network, multi_avg_fn=average, use_buffers=True)
 
 
-def _training_dtype(plan: ClassificationPlan, target: torch.device, precision: str) -> torch.dtype | None:
-    if precision == "auto" and target.type == "cpu" and plan.network.spatial_dims == 3:
-        return None  # measured: a 3-D ResNet trained under CPU bf16 autocast went to nan in its first epoch
-    return autocast_dtype(target, precision)
-
-
 def _check_finite(
     loss: torch.Tensor, plan: ClassificationPlan, epoch: int, step: int, dtype: torch.dtype | None
 ) -> None:
@@ -250,7 +245,7 @@ def train_classifier(
         raise InputError("training needs at least one training and one validation example")
     run = Path(run_dir)
     target = pick_device(device)
-    dtype = _training_dtype(plan, target, precision)
+    dtype = training_dtype(target, precision, plan.network.spatial_dims)
     torch.manual_seed(plan.seed)
     network = ClassificationNetwork.build(plan.network).to(target)
     averaged = _weight_average(network, plan.weight_averaging)
@@ -258,12 +253,10 @@ def train_classifier(
     optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)
     total_epochs = epochs or plan.epochs
     steps_per_epoch = max(1, len(train.ids) // plan.batch_size)  # as many batches as _batches draws
-    total_steps, warmup = total_epochs * steps_per_epoch, steps_per_epoch
+    total_steps = total_epochs * steps_per_epoch
 
     def learning_rate_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+        return warmup_cosine(step, steps_per_epoch, total_steps)  # one epoch of warm-up
 
     history: list[dict[str, Any]] = []
     start_epoch, best_epoch, best_score = 0, 0, -math.inf

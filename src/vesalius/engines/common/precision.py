@@ -17,7 +17,7 @@ from vesalius.core.errors import InputError
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
-__all__ = ["PRECISIONS", "Precision", "autocast_dtype", "cpu_supports_bf16", "pick_device"]
+__all__ = ["PRECISIONS", "Precision", "autocast_dtype", "cpu_supports_bf16", "pick_device", "training_dtype"]
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -53,3 +53,11 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
     return None
+
+
+def training_dtype(device: torch.device, precision: str, spatial_dims: int) -> torch.dtype | None:
+    """The autocast dtype to train in: as ``autocast_dtype``, except that ``auto`` trains 3-D networks in float32
+    on the CPU (measured: a 3-D ResNet under CPU bf16 autocast went to nan in its first epoch)."""
+    if precision == "auto" and device.type == "cpu" and spatial_dims == 3:
+        return None
+    return autocast_dtype(device, precision)

@@ -12,7 +12,6 @@ stitched (not the boxes), then each level's top boxes are decoded and 3-D NMS re
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vesalius.core.errors import InputError, TrainingDivergedError
 from vesalius.engines.common.checkpoint import resume_checkpoint, save_checkpoint
-from vesalius.engines.common.precision import autocast_dtype, pick_device
+from vesalius.engines.common.precision import pick_device, training_dtype
+from vesalius.engines.common.schedule import warmup_cosine
 from vesalius.engines.detection.boxes import Detection, NoduleLike, boxes_to_detections, clip_boxes, flip_boxes
 from vesalius.engines.detection.boxes import nodule_boxes as _nodule_boxes
 from vesalius.engines.detection.network import AtssRetinaNetDetector
@@ -136,10 +136,7 @@ def sample_patch(
 
 
 def _learning_rate(settings: DetectorTrainingSettings, step: int) -> float:
-    if step < settings.warmup_steps:
-        return settings.learning_rate * (step + 1) / settings.warmup_steps
-    span = max(1, settings.steps - settings.warmup_steps)
-    return settings.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (step - settings.warmup_steps) / span))
+    return settings.learning_rate * warmup_cosine(step, settings.warmup_steps, settings.steps)
 
 
 def _batch(
@@ -199,8 +196,7 @@ def train_detector(
     if not cases:
         raise InputError("detector training needs at least one case")
     target = pick_device(device)
-    # measured in the classifier: 3-D networks under CPU bf16 autocast diverge, so the CPU trains in float32
-    dtype = None if target.type == "cpu" and precision == "auto" else autocast_dtype(target, precision)
+    dtype = training_dtype(target, precision, spatial_dims=3)
     detector.to(target)
     optimizer = torch.optim.AdamW(detector.network.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)
     history: list[dict[str, Any]] = []
@@ -211,9 +207,10 @@ def train_detector(
             first, history = int(checkpoint.state["step"]), list(checkpoint.state["history"])
     began = time.perf_counter()
     for step in range(first, plan.steps):
+        learning_rate = _learning_rate(plan, step)
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(plan, step)
-        record: dict[str, Any] = {"step": step + 1, "lr": _learning_rate(plan, step)}
+            group["lr"] = learning_rate
+        record: dict[str, Any] = {"step": step + 1, "lr": learning_rate}
         # the hard negative sampler draws from torch's global generator: seed it per step, inside a fork, so a
         # resumed run samples the same anchors and the caller's generator is left as it was
         with torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):

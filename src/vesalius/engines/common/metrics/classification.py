@@ -86,6 +86,22 @@ class MetricEstimate(BaseModel):
 
         return f"{show(self.value)} [{show(self.ci_low)}, {show(self.ci_high)}]"
 
+    @classmethod
+    def from_draws(cls, value: float, draws: npt.NDArray[np.float64], n: int, confidence: float) -> MetricEstimate:
+        """The percentile interval of the finite bootstrap draws; the undefined ones are counted as skipped."""
+        finite = draws[np.isfinite(draws)]
+        tail = (1.0 - confidence) / 2.0
+        low, high = (float(q) for q in np.quantile(finite, [tail, 1 - tail])) if finite.size else (math.nan, math.nan)
+        return cls(
+            value=value,
+            ci_low=low,
+            ci_high=high,
+            n=n,
+            confidence=confidence,
+            n_bootstrap=draws.size,
+            n_skipped=int(draws.size - finite.size),
+        )
+
 
 @dataclass(frozen=True)
 class CountedMetric:
@@ -138,21 +154,6 @@ def _draws(
     return values
 
 
-def _estimate(value: float, draws: FloatArray, n: int, confidence: float) -> MetricEstimate:
-    finite = draws[np.isfinite(draws)]
-    tail = (1.0 - confidence) / 2.0
-    low, high = (float(q) for q in np.quantile(finite, [tail, 1 - tail])) if finite.size else (math.nan, math.nan)
-    return MetricEstimate(
-        value=value,
-        ci_low=low,
-        ci_high=high,
-        n=n,
-        confidence=confidence,
-        n_bootstrap=draws.size,
-        n_skipped=int(draws.size - finite.size),
-    )
-
-
 def _bootstrap_all(
     metrics: Mapping[str, Metric],
     y_true: npt.NDArray[Any],
@@ -170,7 +171,7 @@ def _bootstrap_all(
         raise InputError(f"{len(y_true)} labels but {len(scores)} rows of scores: need one row per case, at least one")
     draws = _draws(metrics, y_true, scores, n_bootstrap, seed, stratified)
     return {
-        name: _estimate(float(metric(y_true, scores)), draws[name], len(y_true), confidence)
+        name: MetricEstimate.from_draws(float(metric(y_true, scores)), draws[name], len(y_true), confidence)
         for name, metric in metrics.items()
     }
 

@@ -213,21 +213,6 @@ class _Curves:
         return np.vstack([sensitivity_at(f, s, rates) for f, s in zip(fps, sensitivity, strict=True)])
 
 
-def _estimate(value: float, draws: FloatArray, n: int, confidence: float) -> MetricEstimate:
-    finite = draws[np.isfinite(draws)]
-    tail = (1.0 - confidence) / 2.0
-    low, high = (float(q) for q in np.quantile(finite, [tail, 1 - tail])) if finite.size else (math.nan, math.nan)
-    return MetricEstimate(
-        value=value,
-        ci_low=low,
-        ci_high=high,
-        n=n,
-        confidence=confidence,
-        n_bootstrap=draws.size,
-        n_skipped=int(draws.size - finite.size),
-    )
-
-
 def _bootstrap(curves: _Curves, rates: FloatArray, n_bootstrap: int, seed: int) -> FloatArray:
     """(n_bootstrap, rates) sensitivities on scan resamples drawn with replacement."""
     n = curves.n_scans
@@ -286,8 +271,10 @@ def froc(
     fps, sensitivity = curves.curves(np.ones((1, len(scans))))
     return FrocReport(
         fp_rates=rates.tolist(),
-        sensitivities=[_estimate(float(point[i]), draws[:, i], len(scans), confidence) for i in range(rates.size)],
-        cpm=_estimate(float(point[: rates.size].mean()), cpm_draws, len(scans), confidence),
+        sensitivities=[
+            MetricEstimate.from_draws(float(point[i]), draws[:, i], len(scans), confidence) for i in range(rates.size)
+        ],
+        cpm=MetricEstimate.from_draws(float(point[: rates.size].mean()), cpm_draws, len(scans), confidence),
         n_scans=len(scans),
         n_nodules=n_nodules,
         n_detected=entries.counts["detected"],
