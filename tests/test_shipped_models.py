@@ -80,3 +80,35 @@ def test_a_shipped_classifier_classifies_real_held_out_cases(name: str, tmp_path
     predicted = [classifier.plan.class_names.index(classifier.label(row)) for row in rows]
     accuracy = np.mean([p == item.label for p, item in zip(predicted, cases, strict=True)])
     assert accuracy >= recorded["evaluation"]["metrics"]["accuracy"]["value"] - 0.15
+
+
+LIDC_SERIES = SHARED_DATA / "lidc" / "LIDC-IDRI-0001"
+
+
+def test_the_lung_nodule_model_records_its_held_out_figures() -> None:
+    manifest = load_package(MODELS / "lung-nodules" / "package").manifest
+    held_out = manifest.metrics["held_out"]
+    assert held_out["held_out_side"] == "left"
+    assert held_out["inserted_reduced"]["n_scans"] == manifest.plan["lung_nodules"]["data"]["held_out_scans"]
+    assert len(held_out["real_nodules"]) == 1
+    assert manifest.data_fingerprint["background_series"].startswith("1.3.6.1.4.1.14519.5.2.1.6279.6001")
+    assert 0.0 < manifest.postprocessing["operating_point"] < 1.0
+
+
+@pytest.mark.shared_data
+def test_the_lung_nodule_model_scores_the_real_nodule_as_it_recorded() -> None:
+    from vesalius.engines.detection.model import LungNoduleModel
+
+    if not LIDC_SERIES.is_dir():
+        pytest.skip("../shared/data/lidc is absent")
+    package = MODELS / "lung-nodules" / "package"
+    recorded = load_package(package).manifest.metrics["held_out"]["real_nodules"][0]
+    findings = LungNoduleModel.from_package(package).find(read_volume(LIDC_SERIES))
+    hits = [
+        f
+        for f in findings
+        if np.linalg.norm(np.subtract(f.centre, recorded["centre"])) <= recorded["diameter_mm"] / 2.0
+    ]
+    assert bool(hits) == recorded["found"]
+    if hits:
+        assert max(f.probability for f in hits) == pytest.approx(recorded["probability"], abs=1e-3)

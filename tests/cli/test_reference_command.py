@@ -38,3 +38,10 @@ def test_a_series_without_a_read_asks_for_the_xml(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--xml" in result.output
     assert "0 XML files" in result.output
+
+
+def test_training_the_nodule_model_on_a_series_without_a_read_asks_for_the_xml(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train-nodules", str(tmp_path), "-o", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--xml" in result.output
+    assert not (tmp_path / "run").exists()

@@ -335,11 +335,15 @@ def predict(
     ] = 0.5,
 ) -> None:
     """Segment each input with the model (or the ensemble of folds); each label map lies on its input's grid.
-    A classification package writes OUTPUT/predictions.csv instead."""
-    from vesalius.cli import classification
+    A classification package writes OUTPUT/predictions.csv instead; a lung-nodule package writes
+    OUTPUT/nodules.csv and nodules.json (world LPS mm, diameter, probability) per chest CT."""
+    from vesalius.cli import classification, detection
 
     if classification.is_classification_package(model):
         classification.predict(model, inputs, output, device, precision)
+        return
+    if detection.is_detection_package(model):
+        detection.predict(model, inputs, output, "cpu" if device == "auto" else device)
         return
     from vesalius.engines.common.precision import pick_device
     from vesalius.engines.segmentation.predict import predict_files
@@ -381,6 +385,21 @@ def reference(
     from vesalius.cli import detection
 
     detection.reference(series, xml, output, excluded, min_readers, min_diameter)
+
+
+@app.command("train-nodules")
+@friendly_errors
+def train_nodules(
+    series: Annotated[Path, typer.Argument(help="An LIDC chest CT series folder (DICOM) with its XML read.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: checkpoints, evaluation, model/.")],
+    xml: Annotated[Path | None, typer.Option(help="The LIDC XML read [default: the one XML file in SERIES].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Detector training steps [default: the plan's].")] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+) -> None:
+    """Make the lung-nodule model: train on nodules inserted in one lung, score on the other, package it."""
+    from vesalius.cli import detection
+
+    detection.train(series, xml, output, steps, device)
 
 
 def run() -> None:  # pragma: no cover - console entry point alias

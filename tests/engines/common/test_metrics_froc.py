@@ -200,4 +200,7 @@ def test_report_table_and_png(tmp_path: Path) -> None:
     assert "100 scan resamples" in table
     png = write_froc_png(tmp_path / "plots" / "froc.png", report, label="test detector")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    worse = froc(reference, candidates[::2], n_bootstrap=10)
+    both = write_froc_png(tmp_path / "both.png", report, label="after", others={"before": worse})
+    assert both.read_bytes() != png.read_bytes()
     assert FrocReport.model_validate_json(report.model_dump_json()) == report

@@ -12,7 +12,7 @@ grid centred exactly on a world point, padded where they leave the volume.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Literal
 
@@ -37,6 +37,7 @@ __all__ = [
     "PreparedCT",
     "extract_patch",
     "extract_patches",
+    "normalise_hu",
     "prepare_ct",
 ]
 
@@ -91,6 +92,13 @@ class PreparedCT:
         """Continuous crop indices (..., 3) of LPS points, e.g. of reference nodules for training targets."""
         return self.image.world_to_index(points)
 
+    def with_hu(self, hu: Volume, lung_mask: Volume | None = None) -> PreparedCT:
+        """The same crop with new HU (e.g. nodules inserted) and, optionally, a narrower lung mask."""
+        if hu.shape != self.hu.shape:
+            raise InputError(f"new HU must keep the crop's shape {self.hu.shape}; got {hu.shape}")
+        lungs = self.lung_mask if lung_mask is None else lung_mask
+        return replace(self, image=normalise_hu(hu, lungs, self.geometry), hu=hu, lung_mask=lungs)
+
     def source_index(self, indices: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Continuous voxel indices in the input volume of crop voxel indices (..., 3)."""
         world = self.index_to_world(indices)
@@ -111,6 +119,15 @@ def _crop_box(
     low = np.maximum(0, np.floor(index.min(axis=0) - margin)).astype(int)
     high = np.minimum(target_shape, np.ceil(index.max(axis=0) + margin) + 1).astype(int)
     return (int(low[0]), int(low[1]), int(low[2])), (int(high[0]), int(high[1]), int(high[2]))
+
+
+def normalise_hu(hu: Volume, lungs: Volume, geometry: DetectionGeometry) -> Volume:
+    """What the network sees of a crop in HU: the geometry's window, scaled to [0, 1] or z-scored on the lungs."""
+    low, high = geometry.hu_window
+    if geometry.normalization == "unit":
+        return window(hu, level=(low + high) / 2.0, width=high - low)
+    clipped = clip(hu, low, high)
+    return zscore(clipped, mask=lungs.array.astype(bool)) if lungs.array.any() else zscore(clipped)
 
 
 def prepare_ct(volume: Volume, geometry: DetectionGeometry | None = None) -> PreparedCT:
@@ -137,14 +154,8 @@ def prepare_ct(volume: Volume, geometry: DetectionGeometry | None = None) -> Pre
     mask_float = mask.with_array(mask.array.astype(np.float32))
     lungs = resample_to_grid(mask_float, crop_shape, crop_affine, fill=0.0)
     lungs = lungs.with_array((lungs.array >= 0.5).astype(np.uint8))
-    low, high = plan.hu_window
-    if plan.normalization == "unit":
-        image = window(hu, level=(low + high) / 2.0, width=high - low)
-    else:
-        clipped = clip(hu, low, high)
-        image = zscore(clipped, mask=lungs.array.astype(bool)) if lungs.array.any() else zscore(clipped)
     return PreparedCT(
-        image=image,
+        image=normalise_hu(hu, lungs, plan),
         hu=hu,
         lung_mask=lungs,
         crop_start=start,

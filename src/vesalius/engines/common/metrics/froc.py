@@ -316,8 +316,21 @@ def froc_from_luna(
     return froc(reference, found, ignore, **options)
 
 
-def write_froc_png(path: Path | str, report: FrocReport, label: str = "detector") -> Path:
-    """The FROC curve on a log false-positive axis (1/8 to 8 per scan) with its bootstrap band and CPM."""
+def _curve(report: FrocReport) -> tuple[FloatArray, FloatArray]:
+    """The curve's own points between the lowest and highest FP rate, so vertical steps stay vertical."""
+    low, high = min(report.fp_rates), max(report.fp_rates)
+    fps = np.asarray(report.curve_fps, dtype=np.float64)
+    inside = (fps > low) & (fps < high)
+    xs = np.r_[low, fps[inside], high]
+    ys = np.r_[sensitivity_at(fps, report.curve_sensitivity, [low]), np.asarray(report.curve_sensitivity)[inside]]
+    return xs, np.r_[ys, sensitivity_at(fps, report.curve_sensitivity, [high])]
+
+
+def write_froc_png(
+    path: Path | str, report: FrocReport, label: str = "detector", others: Mapping[str, FrocReport] | None = None
+) -> Path:
+    """The FROC curve on a log false-positive axis (1/8 to 8 per scan) with its bootstrap band and CPM;
+    ``others`` adds further curves (e.g. before false-positive reduction) without bands, for comparison."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,12 +340,9 @@ def write_froc_png(path: Path | str, report: FrocReport, label: str = "detector"
     target.parent.mkdir(parents=True, exist_ok=True)
     figure, axis = plt.subplots(figsize=(6, 4.5))
     low, high = min(report.fp_rates), max(report.fp_rates)
-    fps = np.asarray(report.curve_fps, dtype=np.float64)
-    inside = (fps > low) & (fps < high)
-    xs = np.r_[low, fps[inside], high]  # the curve's own points, so vertical steps stay vertical
-    ys = np.r_[sensitivity_at(fps, report.curve_sensitivity, [low]), np.asarray(report.curve_sensitivity)[inside]]
-    ys = np.r_[ys, sensitivity_at(fps, report.curve_sensitivity, [high])]
-    axis.plot(xs, ys, color="C0", label=f"{label} (CPM {report.cpm.value:.3f})")
+    axis.plot(*_curve(report), color="C0", label=f"{label} (CPM {report.cpm.value:.3f})")
+    for number, (name, other) in enumerate((others or {}).items(), start=1):
+        axis.plot(*_curve(other), color=f"C{number}", linestyle="--", label=f"{name} (CPM {other.cpm.value:.3f})")
     if report.band_fps:
         confidence = report.cpm.confidence
         axis.fill_between(
