@@ -1,0 +1,185 @@
+"""StorageSCP against real DCMTK clients: echo, store, allow-list, low disk, bad data sets, TCP_NODELAY."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import threading
+from collections import namedtuple
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import build_context
+
+from tests import dicom_factory as factory
+from tests.gateway.dicom_peers import HOST, run_tool
+from vesalius.gateway.scp import STATUS_OUT_OF_RESOURCES, ScpSettings, StorageSCP
+from vesalius.gateway.scu import DicomPeer, associate
+from vesalius.gateway.storage import InstanceStore, StoredInstance
+
+Usage = namedtuple("Usage", "total used free")
+SHAPE = (16, 12, 5)
+
+
+def _settings(allowed_calling_aes: list[str] | None = None) -> ScpSettings:
+    return ScpSettings(
+        ae_title="VESALIUS",
+        host=HOST,
+        port=0,
+        min_free_bytes=1000,
+        network_timeout=10,
+        allowed_calling_aes=allowed_calling_aes,
+    )
+
+
+@pytest.fixture
+def received(tmp_path: Path) -> list[tuple[StoredInstance, bytes]]:
+    return []
+
+
+@pytest.fixture
+def scp(tmp_path: Path, received: list[tuple[StoredInstance, bytes]]) -> Iterator[StorageSCP]:
+    lock = threading.Lock()
+
+    def on_stored(stored: StoredInstance) -> None:
+        # called after fsync and before the C-STORE response: the file must already be complete on disk
+        with lock:
+            received.append((stored, stored.path.read_bytes()))
+
+    with StorageSCP(_settings(), InstanceStore(tmp_path / "store", 1000), on_stored) as server:
+        yield server
+
+
+def _series(folder: Path, syntax: str = factory.ExplicitVRLittleEndian) -> factory.WrittenSeries:
+    values = factory.random_values(SHAPE, seed=5)
+    return factory.write_series(folder, values, factory.axial(), modality="CT", transfer_syntax=syntax, seed=5)
+
+
+def test_echoscu_succeeds(scp: StorageSCP) -> None:
+    result = run_tool(["echoscu", "-aec", "VESALIUS", "-aet", "MODALITY", "-to", "10", HOST, str(scp.port)])
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("syntax", [factory.ExplicitVRLittleEndian, factory.RLELossless])
+def test_storescu_series_is_on_disk_before_success(
+    scp: StorageSCP,
+    tmp_path: Path,
+    received: list[tuple[StoredInstance, bytes]],
+    syntax: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if not factory.can_encode(syntax):
+        pytest.skip(f"no encoder for {syntax}")
+    caplog.set_level(logging.DEBUG, logger="vesalius")
+    series = _series(tmp_path / "series", syntax)
+    propose = ["-xr"] if syntax == factory.RLELossless else []
+    args = ["storescu", "-aec", "VESALIUS", "-aet", "MODALITY", "-to", "10", "-R", *propose, HOST, str(scp.port)]
+    result = run_tool([*args, *(str(f) for f in series.files)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    assert len(received) == len(series.files)
+    by_uid = {stored.sop_instance_uid: (stored, data) for stored, data in received}
+    for path, sop_uid in zip(series.files, series.sop_instance_uids, strict=True):
+        stored, data_at_callback = by_uid[sop_uid]
+        assert stored.path == scp.store.root / series.study_uid / series.series_uid / f"{sop_uid}.dcm"
+        assert stored.transfer_syntax == syntax
+        original, copy = pydicom.dcmread(path), pydicom.dcmread(stored.path)
+        assert copy.file_meta.TransferSyntaxUID == syntax
+        assert copy.PixelData == original.PixelData
+        assert data_at_callback == stored.path.read_bytes()
+    # no PHI in our logs: UIDs only
+    assert series.identity.patient_name not in caplog.text
+    assert series.identity.patient_id not in caplog.text
+
+
+def test_resent_series_is_acknowledged_without_second_copy(scp: StorageSCP, tmp_path: Path) -> None:
+    series = _series(tmp_path / "series")
+    args = ["storescu", "-aec", "VESALIUS", "-aet", "MODALITY", "-to", "10", "-R", HOST, str(scp.port)]
+    for _ in range(2):
+        result = run_tool([*args, *(str(f) for f in series.files)])
+        assert result.returncode == 0, result.stderr
+    stored = sorted((scp.store.root / series.study_uid / series.series_uid).iterdir())
+    assert [p.stem for p in stored] == sorted(series.sop_instance_uids)
+
+
+def test_calling_ae_outside_the_allow_list_is_rejected(tmp_path: Path) -> None:
+    settings = _settings(allowed_calling_aes=["MODALITY"])
+    with StorageSCP(settings, InstanceStore(tmp_path / "store")) as scp:
+        refused = run_tool(["echoscu", "-aec", "VESALIUS", "-aet", "INTRUDER", "-to", "10", HOST, str(scp.port)])
+        assert refused.returncode != 0
+        assert "calling ae title not recogni" in (refused.stdout + refused.stderr).lower()
+        allowed = run_tool(["echoscu", "-aec", "VESALIUS", "-aet", "MODALITY", "-to", "10", HOST, str(scp.port)])
+        assert allowed.returncode == 0, allowed.stderr
+
+
+def test_low_disk_refuses_new_associations(
+    scp: StorageSCP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, received: list[tuple[StoredInstance, bytes]]
+) -> None:
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10_000, 9_500, 500))
+    series = _series(tmp_path / "series")
+    args = ["storescu", "-aec", "VESALIUS", "-aet", "MODALITY", "-to", "10", "-R", HOST, str(scp.port)]
+    result = run_tool([*args, str(series.files[0])])
+    assert result.returncode != 0
+    assert "local limit exceeded" in (result.stdout + result.stderr).lower()
+    assert received == []
+
+
+def test_low_disk_during_an_association_answers_out_of_resources(
+    scp: StorageSCP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    series = _series(tmp_path / "series")
+    contexts = [build_context(factory.CTImageStorage, [factory.ExplicitVRLittleEndian])]
+    peer = DicomPeer("VESALIUS", HOST, scp.port)
+    with associate(peer, contexts, calling_ae="MODALITY", timeout=10) as assoc:
+        assert assoc.send_c_store(series.files[0]).Status == 0x0000
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10_000, 9_500, 500))
+        assert assoc.send_c_store(series.files[1]).Status == STATUS_OUT_OF_RESOURCES
+    assert not (scp.store.root / series.study_uid / series.series_uid / f"{series.sop_instance_uids[1]}.dcm").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_data_set_without_usable_uids_gets_a_cannot_understand_failure(
+    scp: StorageSCP, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    series = _series(tmp_path / "series")
+    dataset: Dataset = pydicom.dcmread(series.files[0])
+    dataset.StudyInstanceUID = "1.2.3"
+    dataset.SeriesInstanceUID = "../../outside"
+    contexts = [build_context(factory.CTImageStorage, [factory.ExplicitVRLittleEndian])]
+    caplog.set_level(logging.INFO, logger="vesalius")
+    with associate(DicomPeer("VESALIUS", HOST, scp.port), contexts, calling_ae="MODALITY", timeout=10) as assoc:
+        status = int(assoc.send_c_store(dataset).Status)
+    assert 0xC000 <= status <= 0xCFFF
+    assert not (tmp_path / "outside").exists()
+    assert dataset.SOPInstanceUID in caplog.text
+    assert "SeriesInstanceUID" in caplog.text
+    assert series.identity.patient_name not in caplog.text
+
+
+def test_tcp_nodelay_is_set_on_accepted_and_requested_sockets(scp: StorageSCP) -> None:
+    contexts = [build_context("1.2.840.10008.1.1")]
+    with associate(DicomPeer("VESALIUS", HOST, scp.port), contexts, calling_ae="MODALITY", timeout=10) as assoc:
+        assert assoc.dul.socket is not None
+        ours = assoc.dul.socket.socket
+        assert ours is not None
+        assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        server = scp.server
+        assert server is not None
+        accepted = [a for a in server.active_associations if a.dul.socket is not None and a.dul.socket.socket]
+        assert accepted, "the SCP holds no accepted association"
+        for acceptor in accepted:
+            assert acceptor.dul.socket is not None
+            sock = acceptor.dul.socket.socket
+            assert sock is not None
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_settings_validate_ae_titles() -> None:
+    with pytest.raises(ValueError, match="AE title"):
+        ScpSettings(ae_title="A" * 17)
+    with pytest.raises(ValueError, match="allowed_calling_aes is empty"):
+        ScpSettings(allowed_calling_aes=[])
