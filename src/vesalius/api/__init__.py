@@ -1,0 +1,1 @@
+"""The REST API (FastAPI): jobs, results, health and metrics, behind API keys."""
