@@ -402,5 +402,36 @@ def train_nodules(
     detection.train(series, xml, output, steps, device)
 
 
+CONFIG_HELP = "The gateway configuration (vesalius.toml); see examples/vesalius.toml."
+
+
+@app.command()
+@friendly_errors
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help=CONFIG_HELP)] = Path("vesalius.toml"),
+) -> None:
+    """Run the PACS gateway: DICOM listener, REST API and inference workers, until Ctrl-C or SIGTERM."""
+    from vesalius.cli import gateway
+
+    gateway.serve(config)
+
+
+@app.command()
+@friendly_errors
+def pull(
+    study: Annotated[str, typer.Option("--study", help="Study Instance UID to fetch.")],
+    source: Annotated[str, typer.Option("--from", help="The archive as AE@host:port.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help=CONFIG_HELP)] = Path("vesalius.toml"),
+    wait: Annotated[bool, typer.Option("--wait", help="Run the job here and print where its results are.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait may take before giving up.")] = 3600.0,
+) -> None:
+    """Fetch a study from an archive (C-FIND, C-GET) into the gateway's store and queue it for its models."""
+    from vesalius.cli import gateway
+
+    record = gateway.pull(config, study, source, wait=wait, timeout=timeout, echo=typer.echo)
+    if wait and record is not None and record.state.value != "done":
+        raise typer.Exit(code=1)
+
+
 def run() -> None:  # pragma: no cover - console entry point alias
     sys.exit(app())
