@@ -48,7 +48,7 @@ MEDIA_TYPES: dict[str, str] = {
 
 
 class PullRequest(BaseModel):
-    """Ask Vesalius to fetch a study from an archive (C-FIND/C-MOVE) and run it."""
+    """Ask Vesalius to fetch a study from an archive (C-FIND, then C-GET) and run it."""
 
     study_instance_uid: str = Field(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)
     source: str = Field(pattern=r"^[^@\s\\]{1,16}@[A-Za-z0-9.-]+:[0-9]{1,5}$", description="AE@host:port")

@@ -44,7 +44,8 @@ def build_processor(config: GatewayConfig) -> tuple[Processor, dict[str, str]]:
         fhir_url=config.delivery.fhir_url,
         fhir_folder=config.delivery.fhir_folder,
     )
-    processor = StudyProcessor(registry, config.routing, ProcessorSettings(delivery=delivery))
+    settings = ProcessorSettings(delivery=delivery, calling_ae=config.dicom.ae_title)
+    processor = StudyProcessor(registry, config.routing, settings)
     return processor, hashes
 
 

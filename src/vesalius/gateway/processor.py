@@ -5,6 +5,9 @@ folders (the model registry loads its packages in the worker, on first use). For
 the models (the job's own list, else the routing rules), runs them, and writes one SR per result and one SEG per
 segmentation with the writers, whose UIDs derive from (source series, model hash): the same job run twice writes
 the same SOP instances. The summary names series by UID and gives findings as numbers: no patient data.
+
+A ``pull`` job first fetches its study by C-GET from ``spec.source`` into ``spec.input_folder`` (as the AE title
+``settings.calling_ae``); a pull that fails raises, so the queue retries the job.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ class ProcessorSettings(BaseModel):
     sr_series_number: int = Field(default=9002, ge=1)
     write_fhir: bool = True
     delivery: DeliverySettings | None = None
+    calling_ae: str = Field(default="VESALIUS", min_length=1, max_length=16)
+    """Our AE title when a pull job fetches its study (C-GET); the archive must accept it."""
+    pull_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -161,8 +167,47 @@ class StudyProcessor:
             return [name for name in routed if not spec.models or name in spec.models]
         return list(spec.models) if spec.models else routed
 
+    def pull(self, spec: JobSpec) -> int:
+        """Fetch a pull job's study (C-GET) from ``spec.source`` into ``spec.input_folder``; the count stored.
+
+        Raises (so the queue retries) when the archive cannot be reached, refuses, holds nothing for the study, or
+        fails a sub-operation. Instances already fetched by an earlier attempt are kept: storing is idempotent.
+        """
+        from vesalius.gateway.pull import pull_study
+        from vesalius.gateway.scu import DicomPeer
+        from vesalius.gateway.storage import InstanceStore
+
+        if not spec.source or not spec.study_instance_uid:
+            raise InputError(f"job {spec.job_id}: a pull job needs a source (AE@host:port) and a study_instance_uid")
+        peer = DicomPeer.parse(spec.source)
+        store = InstanceStore(Path(spec.input_folder))
+        uid = spec.study_instance_uid
+        try:
+            report = pull_study(
+                peer,
+                uid,
+                store,
+                method="get",
+                calling_ae=self.settings.calling_ae,
+                timeout=self.settings.pull_timeout_seconds,
+            )
+        except VesaliusError as error:
+            raise ProcessingError(f"job {spec.job_id}: pulling study {uid} from {peer} failed: {error}") from error
+        except Exception as error:  # pynetdicom or socket trouble: name the study, keep the type
+            message = f"{type(error).__name__}: {error}"
+            raise ProcessingError(f"job {spec.job_id}: pulling study {uid} from {peer} failed: {message}") from error
+        if not report.ok or not report.stored:
+            raise ProcessingError(
+                f"job {spec.job_id}: pulling study {uid} from {peer} got {len(report.stored)} instances "
+                f"(status 0x{report.status:04X}, {report.completed} completed, {report.failed} failed)"
+            )
+        LOGGER.info("job %s: pulled %d instances from %s", spec.job_id, len(report.stored), peer)
+        return len(report.stored)
+
     def __call__(self, spec: JobSpec, output: Path) -> JobOutput:
         output = Path(output)
+        if spec.kind == "pull":
+            self.pull(spec)
         study = find_series(Path(spec.input_folder))
         if not study:
             raise InputError(f"job {spec.job_id}: no DICOM series in its input folder")

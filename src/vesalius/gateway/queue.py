@@ -7,8 +7,9 @@ and `reap_expired` (called by every worker loop) puts a job whose lease ran out 
 lost run as an attempt. Attempts are counted in the job table, which alone decides when a job has failed for good.
 
 Layout for the sqlite backend: `settings.path` is huey's file; the job table lives next to it in
-`<stem>-jobs.sqlite3`. For the redis backend both live in the Redis server at `settings.redis_url`, the job table as
-two hashes (`<name>:jobs`, `<name>:keys`) updated with optimistic WATCH/MULTI transactions.
+`<stem>-jobs.sqlite3`. For the redis backend both live in the Redis server at `settings.redis_url`: huey's keys,
+and the job table as one key per job plus an idempotency-key hash, per-state sets and a durations hash, updated with
+optimistic WATCH/MULTI transactions (see `RedisJobStore`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from vesalius.gateway.jobs import JobNotFoundError, JobOutput, JobRecord, JobSpe
 
 TASK_NAME = "vesalius.run_job"
 Change = Callable[[JobRecord], JobRecord | None]
+_Write = tuple[JobRecord | None, JobRecord]
 
 
 class QueueSettings(BaseModel):
@@ -155,71 +157,127 @@ class SqliteJobStore:
             db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisJobStore:
-    """The job table in Redis, for several machines. Not covered by the tests (no Redis server in CI)."""
+    """The job table in Redis, for several machines.
+
+    Keys, under the queue's name: ``<name>:job:<job_id>`` holds a record as JSON; ``<name>:keys`` maps an
+    idempotency key to its job id; ``<name>:state:<state>`` is the set of job ids in that state and
+    ``<name>:durations`` maps a done job to its run time, so counts, listings by state and durations read only
+    what they need. Every write is an optimistic transaction (WATCH the job's key, MULTI/EXEC, retry on conflict):
+    jobs do not contend with each other. A key pointing at a failed job is free, as in the SQLite store.
+    """
 
     def __init__(self, url: str, name: str) -> None:
         self._redis = redis.Redis.from_url(url)
-        self._jobs = f"{name}:jobs"
+        self._prefix = name
         self._keys = f"{name}:keys"
+        self._durations = f"{name}:durations"
 
-    def _load(self, raw: Any) -> JobRecord | None:
+    def _job(self, job_id: str) -> str:
+        return f"{self._prefix}:job:{job_id}"
+
+    def _state(self, state: JobState) -> str:
+        return f"{self._prefix}:state:{state.value}"
+
+    @staticmethod
+    def _load(raw: Any) -> JobRecord | None:
         return None if raw is None else JobRecord.model_validate_json(raw)
 
-    def _transact(self, read: Callable[[Any], tuple[Any, dict[str, dict[str, str]]]]) -> Any:
-        """Optimistic transaction: `read` returns (result, {hash: {field: value}} to write); retried on conflict."""
+    def _transact(
+        self,
+        watch: list[str],
+        read: Callable[[Any], tuple[Any, list[_Write]]],
+        also: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Optimistic transaction: WATCH `watch`, `read(pipe)` returns (result, [(old, new) records to save]).
+
+        `also(pipe)` queues further writes in the same MULTI when there is something to save.
+        """
         pipe: Any
         with self._redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(self._jobs, self._keys)
+                    pipe.watch(*watch)
                     result, writes = read(pipe)
+                    if not writes:
+                        pipe.unwatch()
+                        return result
                     pipe.multi()
-                    for name, mapping in writes.items():
-                        pipe.hset(name, mapping=mapping)
+                    for old, new in writes:
+                        self._save(pipe, old, new)
+                    if also is not None:
+                        also(pipe)
                     pipe.execute()
                     return result
                 except redis.WatchError:
                     continue
 
-    def insert_or_get(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        def read(pipe: Any) -> tuple[tuple[JobRecord, bool], dict[str, dict[str, str]]]:
-            existing_id = pipe.hget(self._keys, record.idempotency_key)
-            existing = self._load(pipe.hget(self._jobs, existing_id)) if existing_id else None
-            if existing is not None and existing.state is not JobState.FAILED:
-                return (existing, False), {}
-            writes = {self._jobs: {record.job_id: record.model_dump_json()}}
-            return (record, True), writes | {self._keys: {record.idempotency_key: record.job_id}}
+    def _save(self, pipe: Any, old: JobRecord | None, new: JobRecord) -> None:
+        """Queue the writes of `new` (replacing `old`) on a pipeline in MULTI mode."""
+        job_id = new.job_id
+        pipe.set(self._job(job_id), new.model_dump_json())
+        if old is not None and old.state is not new.state:
+            pipe.srem(self._state(old.state), job_id)
+        pipe.sadd(self._state(new.state), job_id)
+        duration = new.duration_seconds if new.state is JobState.DONE else None
+        if duration is not None:
+            pipe.hset(self._durations, job_id, repr(duration))
+        elif old is not None and old.state is JobState.DONE:
+            pipe.hdel(self._durations, job_id)
 
-        result: tuple[JobRecord, bool] = self._transact(read)
+    def insert_or_get(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        def read(pipe: Any) -> tuple[tuple[JobRecord, bool], list[_Write]]:
+            existing_id = pipe.hget(self._keys, record.idempotency_key)
+            if existing_id is not None:
+                existing_key = self._job(_text(existing_id))
+                pipe.watch(existing_key)  # so it cannot fail (and free the key) unseen
+                existing = self._load(pipe.get(existing_key))
+                if existing is not None and existing.state is not JobState.FAILED:
+                    return (existing, False), []
+            replaced = self._load(pipe.get(self._job(record.job_id)))
+            return (record, True), [(replaced, record)]
+
+        def write_key(pipe: Any) -> None:
+            pipe.hset(self._keys, record.idempotency_key, record.job_id)
+
+        result: tuple[JobRecord, bool] = self._transact([self._keys, self._job(record.job_id)], read, write_key)
         return result
 
     def get(self, job_id: str) -> JobRecord | None:
-        return self._load(self._redis.hget(self._jobs, job_id))
+        return self._load(self._redis.get(self._job(job_id)))
 
     def update(self, job_id: str, change: Change) -> JobRecord | None:
-        def read(pipe: Any) -> tuple[JobRecord | None, dict[str, dict[str, str]]]:
-            current = self._load(pipe.hget(self._jobs, job_id))
+        def read(pipe: Any) -> tuple[JobRecord | None, list[_Write]]:
+            current = self._load(pipe.get(self._job(job_id)))
             if current is None:
                 raise JobNotFoundError(job_id)
             new = change(current)
-            return new, ({self._jobs: {job_id: new.model_dump_json()}} if new is not None else {})
+            return new, ([] if new is None else [(current, new)])
 
-        result: JobRecord | None = self._transact(read)
+        result: JobRecord | None = self._transact([self._job(job_id)], read)
         return result
 
-    def _all(self) -> list[JobRecord]:
-        return [JobRecord.model_validate_json(v) for v in self._redis.hvals(self._jobs)]
-
     def by_state(self, state: JobState) -> list[JobRecord]:
-        return [r for r in self._all() if r.state is state]
+        ids = sorted(_text(member) for member in self._redis.smembers(self._state(state)))
+        if not ids:
+            return []
+        records = (self._load(raw) for raw in self._redis.mget([self._job(i) for i in ids]))
+        return [r for r in records if r is not None and r.state is state]
 
     def counts(self) -> dict[JobState, int]:
-        records = self._all()
-        return {state: sum(r.state is state for r in records) for state in JobState}
+        pipe: Any
+        with self._redis.pipeline(transaction=False) as pipe:
+            for state in JobState:
+                pipe.scard(self._state(state))
+            found = pipe.execute()
+        return {state: int(n) for state, n in zip(JobState, found, strict=True)}
 
     def durations(self) -> list[float]:
-        return [d for r in self._all() if r.state is JobState.DONE and (d := r.duration_seconds) is not None]
+        return [float(v) for v in self._redis.hvals(self._durations)]
 
     def ping(self) -> None:
         self._redis.ping()
