@@ -81,6 +81,8 @@ def orthanc(folder: Path, modalities: dict[str, tuple[str, int]] | None = None) 
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowEcho": True,
         "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowGet": True,
         "DicomModalities": {name: [ae, HOST, port] for name, (ae, port) in (modalities or {}).items()},
         "Plugins": [],
         "StableAge": 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pydicom
 import pytest
 
 from tests import dicom_factory as factory
-from tests.gateway.dicom_peers import HOST
+from tests.gateway.dicom_peers import HOST, run_tool
 from tests.gateway.orthanc import orthanc
 from vesalius.core.results import ModelIdentity, SegmentationResult
 from vesalius.core.volume import DicomIdentity, Volume
@@ -75,4 +76,30 @@ def test_our_seg_and_sr_are_listed_by_orthanc_under_the_source_study(tmp_path: P
         report = send_instances(outputs, DicomPeer(pacs.ae_title, HOST, pacs.dicom_port), calling_ae="VESALIUS")
         assert report.ok
         modalities = sorted(series["MainDicomTags"]["Modality"] for series in pacs.series_of(ct.study_uid))
+        # and over DICOM: DCMTK findscu asks Orthanc for the study's series
+        found = run_tool(
+            [
+                "findscu",
+                "-S",
+                "-aet",
+                "VESALIUS",
+                "-aec",
+                pacs.ae_title,
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                f"StudyInstanceUID={ct.study_uid}",
+                "-k",
+                "Modality",
+                "-k",
+                "SeriesInstanceUID",
+                HOST,
+                str(pacs.dicom_port),
+            ]
+        )
     assert modalities == ["CT", "SEG", "SR"]
+    assert found.returncode == 0, found.stderr
+    answered = found.stdout + found.stderr
+    for modality, series_uid in (("SEG", seg.SeriesInstanceUID), ("SR", sr.SeriesInstanceUID)):
+        assert re.search(rf"\(0008,0060\) CS \[{modality}\s*\]", answered)
+        assert str(series_uid) in answered
