@@ -153,6 +153,9 @@ def test_the_summary_lists_findings_and_skipped_series_without_patient_data(
     assert cr["name"] == "cxr"
     assert cr["findings"]["class"] in ("NORMAL", "PNEUMONIA")
     assert 0.0 <= cr["findings"]["probability"] <= 1.0
+    per_model = [m["compute_seconds"] for e in summary["series"] for m in e.get("models", [])]
+    assert all(seconds > 0 for seconds in per_model)
+    assert summary["compute_seconds"] == pytest.approx(sum(per_model), abs=1e-3)
     for phi in ("Phantom", "Vesalius^Phantom", "VES-0001", "VES-CR-1", "19700101", "ACC000"):
         assert phi not in text
 

@@ -4,7 +4,9 @@
 folders (the model registry loads its packages in the worker, on first use). For each series of the study it picks
 the models (the job's own list, else the routing rules), runs them, and writes one SR per result and one SEG per
 segmentation with the writers, whose UIDs derive from (source series, model hash): the same job run twice writes
-the same SOP instances. The summary names series by UID and gives findings as numbers: no patient data.
+the same SOP instances. The summary names series by UID and gives findings as numbers: no patient data. It also
+gives the seconds each model ran (``compute_seconds`` per model and in total: reading the series, the engine's
+first load in this process, and inference), so the gateway's own overhead can be told apart from model compute.
 
 A ``pull`` job first fetches its study by C-GET from ``spec.source`` into ``spec.input_folder`` (as the AE title
 ``settings.calling_ae``); a pull that fails raises, so the queue retries the job.
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -216,6 +219,7 @@ class StudyProcessor:
         written: list[pydicom.Dataset] = []
         models: dict[str, ModelInfo] = {}
         per_series: list[dict[str, Any]] = []
+        compute_seconds = 0.0
         for series in study:
             uid = series.info.series_uid
             entry: dict[str, Any] = {
@@ -230,18 +234,32 @@ class StudyProcessor:
                 continue
             entry["models"] = []
             for name in names:
+                started = time.perf_counter()
                 result = self._run(name, series)
+                seconds = time.perf_counter() - started
+                compute_seconds += seconds
                 identity = result.model
                 models.setdefault(name, ModelInfo(name=identity.name, version=identity.version, sha256=identity.sha256))
                 datasets = self._write(result, series, output, files)
                 written.extend(datasets)
                 results.append(result)
-                entry["models"].append({"name": name, "version": identity.version, "findings": findings(result)})
+                entry["models"].append(
+                    {
+                        "name": name,
+                        "version": identity.version,
+                        "findings": findings(result),
+                        "compute_seconds": round(seconds, 4),
+                    }
+                )
             per_series.append(entry)
         if results and self.settings.write_fhir:
             self._write_fhir(spec, study, results, written, output)
             files.append(OutputFile(name=FHIR_FILE, kind="fhir"))
-        summary: dict[str, Any] = {"series": per_series, "results": len(results)}
+        summary: dict[str, Any] = {
+            "series": per_series,
+            "results": len(results),
+            "compute_seconds": round(compute_seconds, 4),
+        }
         job_output = JobOutput(
             files=files,
             output_uids=[f.sop_instance_uid for f in files if f.sop_instance_uid],
