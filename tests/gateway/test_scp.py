@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import socket
@@ -17,7 +18,7 @@ from pynetdicom import build_context
 
 from tests import dicom_factory as factory
 from tests.gateway.dicom_peers import HOST, run_tool
-from vesalius.gateway.scp import STATUS_OUT_OF_RESOURCES, ScpSettings, StorageSCP
+from vesalius.gateway.scp import STATUS_OUT_OF_RESOURCES, TRANSFER_SYNTAXES, ScpSettings, StorageSCP
 from vesalius.gateway.scu import DicomPeer, associate
 from vesalius.gateway.storage import InstanceStore, StoredInstance
 
@@ -183,3 +184,26 @@ def test_settings_validate_ae_titles() -> None:
         ScpSettings(ae_title="A" * 17)
     with pytest.raises(ValueError, match="allowed_calling_aes is empty"):
         ScpSettings(allowed_calling_aes=[])
+
+
+def test_maximum_pdu_size_is_offered_to_the_peer(scp: StorageSCP) -> None:
+    contexts = [build_context("1.2.840.10008.1.1")]
+    with associate(DicomPeer("VESALIUS", HOST, scp.port), contexts, calling_ae="MODALITY", timeout=10) as assoc:
+        # the acceptor's A-ASSOCIATE-AC carries our limit: the peer may send PDUs up to this size
+        assert assoc.acceptor.maximum_length == scp.settings.maximum_pdu_size == 1 << 20
+    with pytest.raises(ValueError, match="maximum_pdu_size"):
+        ScpSettings(maximum_pdu_size=-1)
+
+
+def test_each_association_gets_its_own_copy_of_the_supported_contexts(scp: StorageSCP) -> None:
+    server = scp.server
+    assert server is not None
+    original = server.contexts
+    copied = copy.deepcopy(original)
+    assert [(c.abstract_syntax, c.transfer_syntax) for c in copied] == [
+        (c.abstract_syntax, c.transfer_syntax) for c in original
+    ]
+    assert all(a is not b and a.transfer_syntax is not b.transfer_syntax for a, b in zip(copied, original, strict=True))
+    copied[0].add_transfer_syntax("1.2.3.4")  # negotiation-time changes must not reach the server's list
+    assert "1.2.3.4" not in original[0].transfer_syntax
+    assert sum(set(TRANSFER_SYNTAXES) <= set(c.transfer_syntax) for c in original) > 100  # every storage class
