@@ -14,11 +14,18 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import build_context
+from pynetdicom import _config, build_context
 
 from tests import dicom_factory as factory
 from tests.gateway.dicom_peers import HOST, run_tool
-from vesalius.gateway.scp import STATUS_OUT_OF_RESOURCES, TRANSFER_SYNTAXES, ScpSettings, StorageSCP
+from vesalius.gateway.scp import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILED,
+    TRANSFER_SYNTAXES,
+    ScpSettings,
+    StorageSCP,
+)
 from vesalius.gateway.scu import DicomPeer, associate
 from vesalius.gateway.storage import InstanceStore, StoredInstance
 
@@ -207,3 +214,95 @@ def test_each_association_gets_its_own_copy_of_the_supported_contexts(scp: Stora
     copied[0].add_transfer_syntax("1.2.3.4")  # negotiation-time changes must not reach the server's list
     assert "1.2.3.4" not in original[0].transfer_syntax
     assert sum(set(TRANSFER_SYNTAXES) <= set(c.transfer_syntax) for c in original) > 100  # every storage class
+
+
+# --- truncated and inconsistent instances: a failure status, nothing stored, the association goes on ---------------
+
+ROWS_US = bytes.fromhex("28001000") + b"US" + bytes.fromhex("0200")  # (0028,0010) US, length 2
+
+
+def _with_rows(data: bytes, vr: bytes, value: bytes) -> bytes:
+    at = data.index(ROWS_US)
+    return data[:at] + ROWS_US[:4] + vr + ROWS_US[6:] + value + data[at + 10 :]
+
+
+def _stored_files(scp: StorageSCP) -> list[Path]:
+    return [p for p in scp.store.root.rglob("*") if p.is_file()]
+
+
+def test_truncated_instances_sent_as_they_are_get_a_failure_and_are_not_stored(
+    scp: StorageSCP,
+    tmp_path: Path,
+    received: list[tuple[StoredInstance, bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """storescu will not send a truncated file (it reads it first), so pynetdicom sends the file's bytes as they are
+    (STORE_SEND_CHUNKED_DATASET: the data set after the file meta goes out unparsed, as in the fault benchmark)."""
+    series = _series(tmp_path / "series")
+    files = series.files
+    data = [f.read_bytes() for f in files]
+    pixels = data[1].rfind(bytes.fromhex("e07f1000"))
+    broken = {
+        1: data[1][: pixels + 12 + 100],  # inside the pixel data
+        2: data[2][:-1],  # one byte before the end
+        3: data[3][: data[3].index(ROWS_US) + 5],  # inside the header, after the UIDs
+    }
+    for index, content in broken.items():
+        files[index].write_bytes(content)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    caplog.set_level(logging.INFO, logger="vesalius")
+    contexts = [build_context(factory.CTImageStorage, [factory.ExplicitVRLittleEndian])]
+    with associate(DicomPeer("VESALIUS", HOST, scp.port), contexts, calling_ae="MODALITY", timeout=10) as assoc:
+        statuses = [int(assoc.send_c_store(path).Status) for path in files]
+
+    assert statuses == [0, STATUS_CANNOT_UNDERSTAND, STATUS_CANNOT_UNDERSTAND, STATUS_CANNOT_UNDERSTAND, 0]
+    valid = [series.sop_instance_uids[0], series.sop_instance_uids[4]]
+    assert sorted(p.stem for p in _stored_files(scp)) == sorted(valid)  # no temporary file either
+    assert sorted(stored.sop_instance_uid for stored, _ in received) == sorted(valid)
+    for index in broken:
+        assert f"SOP instance {series.sop_instance_uids[index]} refused (0xC000)" in caplog.text
+    assert "truncated" in caplog.text
+    assert series.identity.patient_name not in caplog.text
+
+
+def test_storescu_instance_with_corrupted_rows_is_refused_and_the_rest_stored(
+    scp: StorageSCP, tmp_path: Path, received: list[tuple[StoredInstance, bytes]]
+) -> None:
+    """Rows that do not parse, and Rows that disagree with the pixel data: storescu sends both (they read as DICOM)."""
+    series = _series(tmp_path / "series")
+    files = series.files
+    files[1].write_bytes(_with_rows(files[1].read_bytes(), b"CS", b"ab"))
+    files[3].write_bytes(_with_rows(files[3].read_bytes(), b"US", (SHAPE[1] + 1).to_bytes(2, "little")))
+    args = ["storescu", "-v", "-aec", "VESALIUS", "-aet", "MODALITY", "-to", "10", "-R", "-nh", HOST, str(scp.port)]
+    result = run_tool([*args, *(str(f) for f in files)])
+    output = (result.stdout + result.stderr).lower()
+    # storescu -v names each response; -nh goes on after a failure
+    assert output.count("received store response (error: cannotunderstand)") == 2, output
+    assert output.count("received store response (success)") == 3, output
+    stored = sorted(p.stem for p in _stored_files(scp))
+    assert stored == sorted(series.sop_instance_uids[i] for i in (0, 2, 4))
+    assert len(received) == 3
+
+
+def test_unexpected_error_in_storage_answers_a_failure_and_the_association_goes_on(
+    scp: StorageSCP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    series = _series(tmp_path / "series")
+    real = scp.store.store_encoded
+
+    def faulty(encoded: bytes) -> StoredInstance:
+        if series.sop_instance_uids[1].encode() in encoded:
+            raise RuntimeError(f"unforeseen: {series.identity.patient_name}")  # its text must not reach the log
+        return real(encoded)
+
+    monkeypatch.setattr(scp.store, "store_encoded", faulty)
+    caplog.set_level(logging.INFO, logger="vesalius")
+    contexts = [build_context(factory.CTImageStorage, [factory.ExplicitVRLittleEndian])]
+    with associate(DicomPeer("VESALIUS", HOST, scp.port), contexts, calling_ae="MODALITY", timeout=10) as assoc:
+        statuses = [int(assoc.send_c_store(path).Status) for path in series.files[:3]]
+    assert statuses == [0, STATUS_PROCESSING_FAILED, 0]
+    assert 0xC000 <= STATUS_PROCESSING_FAILED <= 0xCFFF
+    assert f"SOP instance {series.sop_instance_uids[1]} not stored (0xC002): unexpected RuntimeError" in caplog.text
+    assert series.identity.patient_name not in caplog.text
+    assert sorted(p.stem for p in _stored_files(scp)) == sorted(series.sop_instance_uids[i] for i in (0, 2))

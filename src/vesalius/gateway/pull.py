@@ -26,6 +26,7 @@ from vesalius.gateway.scp import (
     STATUS_BAD_UIDS,
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILED,
     STATUS_SUCCESS,
     TRANSFER_SYNTAXES,
     affected_sop_instance_uid,
@@ -171,6 +172,9 @@ def _pull_get(
         except InputError:
             LOGGER.error("C-GET: SOP instance %s cannot be parsed", sop_uid)
             return STATUS_CANNOT_UNDERSTAND
+        except Exception as error:  # nothing may escape a handler; the message could quote patient data
+            LOGGER.error("C-GET: SOP instance %s not stored (%s)", sop_uid, type(error).__name__)
+            return STATUS_PROCESSING_FAILED
         with lock:
             stored.append(instance)
         return STATUS_SUCCESS

@@ -40,8 +40,10 @@ from vesalius.core.errors import InputError, VesaliusError
 from vesalius.gateway.storage import InstanceStore, StorageFullError, StoredInstance, UnsafeUidError
 
 __all__ = [
+    "STATUS_BAD_UIDS",
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_OUT_OF_RESOURCES",
+    "STATUS_PROCESSING_FAILED",
     "STATUS_SUCCESS",
     "TRANSFER_SYNTAXES",
     "ScpSettings",
@@ -58,6 +60,8 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 """Start of the 0xCxxx "cannot understand" range: 0xC000 unreadable data set, 0xC001 unusable UIDs."""
 STATUS_BAD_UIDS = 0xC001
+STATUS_PROCESSING_FAILED = 0xC002
+"""An unexpected fault while checking or storing: nothing was stored (pynetdicom's own 0xC211 is never sent)."""
 
 TRANSFER_SYNTAXES: list[str] = [
     ExplicitVRLittleEndian,
@@ -236,9 +240,14 @@ class StorageSCP:
         event.assoc.kill()
 
     def _handle_store(self, event: evt.Event) -> int:
-        """EVT_C_STORE: store the received bytes durably, then report; the status tells the sender what happened."""
-        sop_uid = affected_sop_instance_uid(event)
+        """EVT_C_STORE: store the received bytes durably, then report; the status tells the sender what happened.
+
+        Nothing may escape: pynetdicom would answer 0xC211 without our log line. Storage checks the bytes and every
+        value the record needs before it writes, so any failure here means nothing was stored.
+        """
+        sop_uid = "?"
         try:
+            sop_uid = affected_sop_instance_uid(event)
             stored = self.store.store_encoded(event.encoded_dataset(include_meta=True))
         except StorageFullError:
             LOGGER.warning("SOP instance %s refused: storage below its free-space minimum", sop_uid)
@@ -252,6 +261,15 @@ class StorageSCP:
         except InputError as error:
             LOGGER.error("SOP instance %s refused (0x%04X): %s", sop_uid, STATUS_CANNOT_UNDERSTAND, _safe_reason(error))
             return STATUS_CANNOT_UNDERSTAND
+        except Exception as error:  # a fault we did not foresee: refuse the instance, keep the association up
+            # the type only, no traceback: an unforeseen exception's text could quote a data set value (PHI)
+            LOGGER.error(
+                "SOP instance %s not stored (0x%04X): unexpected %s",
+                sop_uid,
+                STATUS_PROCESSING_FAILED,
+                type(error).__name__,
+            )
+            return STATUS_PROCESSING_FAILED
         if self.on_stored is not None:
             try:
                 self.on_stored(stored)
