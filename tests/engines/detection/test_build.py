@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from tests.engines.detection.lung_nodule_fixtures import TINY_PLAN, phantom_background
 from tests.engines.detection.test_lung_mask import chest_phantom
 from vesalius.cli.main import app
-from vesalius.core.errors import PackageError
+from vesalius.core.errors import InputError, PackageError
 from vesalius.engines.common.package import load_package, verify_package
-from vesalius.engines.detection.build import BuiltModel, build_from_background
+from vesalius.engines.detection.build import REDUCER_WEIGHTS, BuiltModel, build_from_background
 from vesalius.engines.detection.evaluation import evaluate_held_out, operating_point
 from vesalius.engines.detection.model import FIELDS, LungNoduleModel, combine
 from vesalius.engines.detection.recipe import Background
@@ -40,6 +40,11 @@ def test_the_package_is_a_verified_detection_package_with_its_figures(built: Bui
     assert manifest.name == "lung-nodules"
     assert manifest.metrics["inserted_cpm_reduced"] == pytest.approx(built.evaluation.inserted_reduced.cpm.value)
     assert manifest.postprocessing["operating_point"] == built.evaluation.operating_point
+    assert manifest.postprocessing["reducer_weight"] in REDUCER_WEIGHTS
+    selection = manifest.metrics["reducer_weight_selection"]
+    assert set(selection) == {f"{w:g}" for w in REDUCER_WEIGHTS}
+    best = max(selection.values())
+    assert selection[f"{manifest.postprocessing['reducer_weight']:g}"] == best
     assert manifest.data_fingerprint["reference_nodules"][0]["readers"] == 4
     weights = load_package(built.package).state_dict()
     assert any(name.startswith("detector.") for name in weights)
@@ -76,7 +81,7 @@ def test_findings_are_ranked_by_the_combined_probability_and_flagged_at_the_oper
     assert scores == sorted(scores, reverse=True)
     for finding in findings:
         assert finding.probability == pytest.approx(
-            float(combine(finding.detector_probability, finding.reducer_probability))
+            float(combine(finding.detector_probability, finding.reducer_probability, model.reducer_weight))
         )
         assert finding.nodule == (finding.probability >= model.operating_point)
         assert finding.malignancy is None
@@ -121,3 +126,12 @@ def test_the_operating_point_allows_at_most_the_rate_of_false_positives() -> Non
     assert np.count_nonzero((labels == 0) & (scores >= threshold)) == 2
     assert 0.5 < threshold <= 0.6
     assert operating_point(scores, labels, scans=5) == 0.0
+
+
+def test_the_combined_score_weighs_the_reducer_between_ignoring_it_and_trusting_it_alone() -> None:
+    detector, reducer = np.array([0.9, 0.2]), np.array([0.1, 0.8])
+    np.testing.assert_allclose(combine(detector, reducer, 0.0), detector)
+    np.testing.assert_allclose(combine(detector, reducer, 1.0), reducer)
+    np.testing.assert_allclose(combine(detector, reducer, 0.5), np.sqrt(detector * reducer))
+    with pytest.raises(InputError, match="weight"):
+        combine(detector, reducer, 1.5)

@@ -6,16 +6,18 @@ interrupted ``vesalius train-nodules`` picks up where it stopped and gives the s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vesalius.engines.common.metrics.froc import write_froc_png
+import numpy as np
+
+from vesalius.engines.common.metrics.froc import Candidate, Lesion, froc, write_froc_png
 from vesalius.engines.detection.evaluation import HeldOutEvaluation, evaluate_held_out
-from vesalius.engines.detection.false_positives import CandidateScan, train_reducer
+from vesalius.engines.detection.false_positives import CandidateScan, FalsePositiveReducer, train_reducer
 from vesalius.engines.detection.lung_mask import lung_volume_ml
-from vesalius.engines.detection.model import LungNoduleModel, detector_candidates
+from vesalius.engines.detection.model import LungNoduleModel, combine, detector_candidates
 from vesalius.engines.detection.network import build_detector, count_parameters
 from vesalius.engines.detection.recipe import Background, LungNodulePlan, load_background, synthetic_scans
 from vesalius.engines.detection.synthetic import midline_x, on_side
@@ -23,7 +25,13 @@ from vesalius.engines.detection.training import DetectionCase, train_detector
 
 Progress = Callable[[dict[str, Any]], None]
 
-__all__ = ["BuiltModel", "build_from_background", "build_lung_nodule_model", "data_fingerprint"]
+__all__ = [
+    "BuiltModel",
+    "build_from_background",
+    "build_lung_nodule_model",
+    "choose_reducer_weight",
+    "data_fingerprint",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,38 @@ def data_fingerprint(background: Background, plan: LungNodulePlan) -> dict[str, 
         "irrelevant_findings": len(background.reference.irrelevant),
         "synthetic": plan.data.model_dump(mode="json"),
     }
+
+
+REDUCER_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _lesion(centre: Sequence[float], diameter_mm: float) -> Lesion:
+    return Lesion((float(centre[0]), float(centre[1]), float(centre[2])), float(diameter_mm))
+
+
+def choose_reducer_weight(
+    reducer: FalsePositiveReducer, scans: Sequence[CandidateScan], device: str = "cpu"
+) -> tuple[float, dict[float, float]]:
+    """The reducer's weight in ``combine`` with the highest CPM on ``scans`` (held back from its training);
+    a tie goes to the lower weight, so a reducer that does not help leaves the detector's ranking alone."""
+    names = [f"scan-{n}" for n in range(len(scans))]
+    reference = {name: [_lesion(n.centre, n.diameter_mm) for n in scans[k].nodules] for k, name in enumerate(names)}
+    ignore = {name: [_lesion(c, d) for c, d in scans[k].ignore] for k, name in enumerate(names)}
+    rescored = []
+    for name, scan in zip(names, scans, strict=True):
+        centres = np.array([d.centre for d in scan.detections], dtype=np.float64).reshape(-1, 3)
+        detector = np.array([d.probability for d in scan.detections], dtype=np.float64)
+        rescored.append((name, scan.detections, detector, reducer.probabilities(scan.prepared, centres, device)))
+    cpm: dict[float, float] = {}
+    for weight in REDUCER_WEIGHTS:
+        candidates = [
+            Candidate(name, d.centre, float(p))
+            for name, detections, detector, reduced in rescored
+            for d, p in zip(detections, combine(detector, reduced, weight), strict=True)
+        ]
+        cpm[weight] = froc(reference, candidates, ignore, n_bootstrap=1).cpm.value
+    best = max(REDUCER_WEIGHTS, key=lambda w: (cpm[w], -w))
+    return best, cpm
 
 
 def build_lung_nodule_model(
@@ -96,9 +136,12 @@ def build_from_background(
         scans.append(CandidateScan(prepared, nodules, detections, background.avoid))
         report({"stage": "candidates", "scan": len(scans), "candidates": len(detections)})
     reducer, _ = train_reducer(scans, plan.false_positive, run / "false_positive", device=device)
-    del scans
+    selection = scans[-plan.false_positive.selection_scans :]
+    weight, cpm_by_weight = choose_reducer_weight(reducer, selection, device)
+    report({"stage": "reducer weight", "weight": weight, **{f"cpm at {w:g}": c for w, c in cpm_by_weight.items()}})
+    del scans, selection
 
-    model = LungNoduleModel(plan, detector, reducer, device=device).as_stored()
+    model = LungNoduleModel(plan, detector, reducer, device=device, reducer_weight=weight).as_stored()
     evaluation = evaluate_held_out(model, background, n_bootstrap=n_bootstrap)
     model.operating_point = evaluation.operating_point
     (run / "evaluation.json").write_text(evaluation.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -106,7 +149,11 @@ def build_from_background(
         after, before = getattr(evaluation, f"{name}_reduced"), getattr(evaluation, f"{name}_detector")
         others = {"detector alone": before}
         write_froc_png(run / f"froc_{name}.png", after, "after false-positive reduction", others)
-    metrics = {**evaluation.summary(), "held_out": evaluation.model_dump(mode="json")}
+    metrics = {
+        **evaluation.summary(),
+        "reducer_weight_selection": {f"{w:g}": c for w, c in cpm_by_weight.items()},
+        "held_out": evaluation.model_dump(mode="json"),
+    }
     fingerprint = data_fingerprint(background, plan)
     package = model.save(run / "model", metrics=metrics, data_fingerprint=fingerprint)
     figures = {name: round(value, 4) for name, value in evaluation.summary().items()}

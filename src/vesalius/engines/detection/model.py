@@ -2,9 +2,10 @@
 
 ``LungNoduleModel.find`` is what ``vesalius predict`` runs on a chest CT: prepare the CT (lung mask, crop,
 1 mm grid), detect candidates with the sliding-window RetinaNet, re-score the most probable ones with the
-patch classifier and rank them by the geometric mean of both probabilities (a candidate must convince both
-networks). Findings at or above the operating point (chosen on held-out data at one false positive per scan)
-are reported as nodules; the rest stay in the output, flagged, for a reader who wants a lower threshold.
+patch classifier and rank them by a weighted geometric mean of both probabilities, the weight chosen on scans
+held back from the reducer's training (``combine``). Findings at or above the operating point (chosen on
+held-out data at one false positive per scan) are reported as nodules; the rest stay in the output, flagged,
+for a reader who wants a lower threshold.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from vesalius.core.errors import PackageError
+from vesalius.core.errors import InputError, PackageError
 from vesalius.core.volume import Volume
 from vesalius.engines.classification.plan import ClassificationPlan
 from vesalius.engines.common.package import as_stored, load_package, save_package
@@ -46,7 +47,7 @@ class LungNoduleFinding:
     """LPS mm."""
     diameter_mm: float
     probability: float
-    """sqrt(detector x reducer): what findings are ranked and thresholded by."""
+    """detector^(1 - w) x reducer^w (``combine``): what findings are ranked and thresholded by."""
     detector_probability: float
     reducer_probability: float
     nodule: bool
@@ -62,10 +63,14 @@ def detector_candidates(
     return detect(detector, prepared, plan.window, plan.overlap, device=device)[: plan.max_candidates]
 
 
-def combine(detector: npt.ArrayLike, reducer: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """The geometric mean of the two probabilities: high only when both networks call it a nodule."""
-    both = np.clip(np.asarray(detector, dtype=np.float64), 0.0, 1.0) * np.clip(np.asarray(reducer, np.float64), 0, 1)
-    return np.asarray(np.sqrt(both), dtype=np.float64)
+def combine(detector: npt.ArrayLike, reducer: npt.ArrayLike, weight: float = 0.5) -> npt.NDArray[np.float64]:
+    """detector^(1 - weight) x reducer^weight: a weighted geometric mean, high only when both networks call it a
+    nodule (at 0.5); ``weight`` is chosen on held-back scans, so a reducer that does not help gets little say."""
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"the reducer's weight must be in [0, 1]; got {weight}")
+    first = np.clip(np.asarray(detector, dtype=np.float64), 1e-12, 1.0)
+    second = np.clip(np.asarray(reducer, dtype=np.float64), 1e-12, 1.0)
+    return np.asarray(np.exp((1.0 - weight) * np.log(first) + weight * np.log(second)), dtype=np.float64)
 
 
 class LungNoduleModel:
@@ -78,11 +83,13 @@ class LungNoduleModel:
         reducer: FalsePositiveReducer,
         operating_point: float = 0.5,
         device: str = "cpu",
+        reducer_weight: float = 0.5,
     ) -> None:
         self.plan = plan
         self.detector = detector
         self.reducer = reducer
         self.operating_point = operating_point
+        self.reducer_weight = reducer_weight
         self.device = device
 
     @classmethod
@@ -95,10 +102,11 @@ class LungNoduleModel:
             plan = LungNodulePlan.model_validate(manifest.plan["lung_nodules"])
             reducer_plan = ClassificationPlan.model_validate(manifest.plan["false_positive_classifier"])
             operating_point = float(manifest.postprocessing["operating_point"])
+            weight = float(manifest.postprocessing["reducer_weight"])
         except (KeyError, ValueError) as error:
             raise PackageError(f"{folder}: package.json does not describe a lung-nodule model ({error})") from error
         weights = package.state_dict()
-        return cls.from_weights(plan, reducer_plan, weights, operating_point, device)
+        return cls.from_weights(plan, reducer_plan, weights, operating_point, device, weight)
 
     @classmethod
     def from_weights(
@@ -108,11 +116,12 @@ class LungNoduleModel:
         weights: Mapping[str, torch.Tensor],
         operating_point: float,
         device: str = "cpu",
+        reducer_weight: float = 0.5,
     ) -> LungNoduleModel:
         detector = build_detector(plan.detector)
         detector.network.load_state_dict(_part(weights, DETECTOR_PREFIX))
         reducer = FalsePositiveReducer.from_state(plan.false_positive, reducer_plan, _part(weights, REDUCER_PREFIX))
-        return cls(plan, detector, reducer, operating_point, device)
+        return cls(plan, detector, reducer, operating_point, device, reducer_weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Both networks' weights in one flat mapping (one safetensors file)."""
@@ -122,7 +131,9 @@ class LungNoduleModel:
     def as_stored(self) -> LungNoduleModel:
         """The model with the weights the package keeps (float16-rounded), so recorded figures are the shipped ones."""
         stored = as_stored(self.state_dict(), STORED_DTYPE)
-        return LungNoduleModel.from_weights(self.plan, self.reducer.plan, stored, self.operating_point, self.device)
+        return LungNoduleModel.from_weights(
+            self.plan, self.reducer.plan, stored, self.operating_point, self.device, self.reducer_weight
+        )
 
     def prepare(self, volume: Volume) -> PreparedCT:
         return prepare_ct(volume, self.plan.geometry())
@@ -138,7 +149,7 @@ class LungNoduleModel:
         centres = np.array([d.centre for d in detections], dtype=np.float64)
         reducer = self.reducer.probabilities(prepared, centres, self.device)
         detector = np.array([d.probability for d in detections], dtype=np.float64)
-        scores = combine(detector, reducer)
+        scores = combine(detector, reducer, self.reducer_weight)
         findings = [
             LungNoduleFinding(
                 centre=d.centre,
@@ -179,7 +190,11 @@ class LungNoduleModel:
             metrics=dict(metrics),
             data_fingerprint=dict(data_fingerprint),
             state_dict=self.state_dict(),
-            postprocessing={"operating_point": self.operating_point, "score": "sqrt(detector x reducer)"},
+            postprocessing={
+                "operating_point": self.operating_point,
+                "reducer_weight": self.reducer_weight,
+                "score": "detector^(1 - reducer_weight) x reducer^reducer_weight",
+            },
             overwrite=overwrite,
             weights_dtype=STORED_DTYPE,
         )
