@@ -69,6 +69,10 @@ def test_the_evaluation_counts_only_the_held_out_side(built: BuiltModel) -> None
     assert 0.0 <= evaluation.sensitivity_at_operating_point <= 1.0
     assert evaluation.false_positives_per_scan_at_operating_point <= 1.0
     assert evaluation.seconds_per_scan > 0
+    by_weight = evaluation.inserted_cpm_by_reducer_weight
+    assert by_weight["0"] == pytest.approx(evaluation.inserted_detector.cpm.value)
+    chosen = load_package(built.package).manifest.postprocessing["reducer_weight"]
+    assert by_weight[f"{chosen:g}"] == pytest.approx(evaluation.inserted_reduced.cpm.value)
 
 
 def test_findings_are_ranked_by_the_combined_probability_and_flagged_at_the_operating_point(

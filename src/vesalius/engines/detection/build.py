@@ -17,7 +17,7 @@ from vesalius.engines.common.metrics.froc import Candidate, Lesion, froc, write_
 from vesalius.engines.detection.evaluation import HeldOutEvaluation, evaluate_held_out
 from vesalius.engines.detection.false_positives import CandidateScan, FalsePositiveReducer, train_reducer
 from vesalius.engines.detection.lung_mask import lung_volume_ml
-from vesalius.engines.detection.model import LungNoduleModel, combine, detector_candidates
+from vesalius.engines.detection.model import REDUCER_WEIGHTS, LungNoduleModel, combine, detector_candidates
 from vesalius.engines.detection.network import build_detector, count_parameters
 from vesalius.engines.detection.recipe import Background, LungNodulePlan, load_background, synthetic_scans
 from vesalius.engines.detection.synthetic import midline_x, on_side
@@ -54,9 +54,6 @@ def data_fingerprint(background: Background, plan: LungNodulePlan) -> dict[str, 
         "irrelevant_findings": len(background.reference.irrelevant),
         "synthetic": plan.data.model_dump(mode="json"),
     }
-
-
-REDUCER_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def _lesion(centre: Sequence[float], diameter_mm: float) -> Lesion:

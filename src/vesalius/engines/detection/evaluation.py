@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vesalius.engines.common.metrics.froc import Candidate, FrocReport, Lesion, froc
 from vesalius.engines.detection.boxes import Detection, NoduleLike
 from vesalius.engines.detection.false_positives import CandidateScan, candidate_labels
-from vesalius.engines.detection.model import LungNoduleFinding, LungNoduleModel
+from vesalius.engines.detection.model import REDUCER_WEIGHTS, LungNoduleFinding, LungNoduleModel, combine
 from vesalius.engines.detection.preprocess import PreparedCT
 from vesalius.engines.detection.recipe import Background, synthetic_scans
 from vesalius.engines.detection.synthetic import Side, midline_x, on_side
@@ -57,6 +57,11 @@ class HeldOutEvaluation(BaseModel):
     false_positives_per_scan_at_operating_point: float
     sensitivity_at_operating_point: float
     seconds_per_scan: float = Field(description="Detection and re-scoring of one prepared CT, mean.")
+    inserted_cpm_by_reducer_weight: dict[str, float] = Field(
+        default_factory=dict,
+        description="CPM on the inserted set for each weight of the reducer in the score (0: detector alone); "
+        "shows the reducer's effect whatever weight was chosen.",
+    )
 
     def summary(self) -> dict[str, float]:
         """The headline figures, flat: for package metrics and benchmark tables."""
@@ -138,6 +143,7 @@ def evaluate_held_out(
     inserted: dict[str, list[Lesion]] = {}
     ignore: dict[str, list[Lesion]] = {}
     detector_candidates: list[Candidate] = []
+    reducer_probabilities: list[float] = []
     reduced_candidates: list[Candidate] = []
     scores, labels = [], []
     seconds = []
@@ -149,6 +155,7 @@ def evaluate_held_out(
         inserted[name] = _lesions(_as_pairs(nodules))
         ignore[name] = _lesions(background.avoid)
         detector_candidates += _candidates(name, findings, reduced=False)
+        reducer_probabilities += [f.reducer_probability for f in findings]
         reduced_candidates += _candidates(name, findings, reduced=True)
         scan = CandidateScan(prepared, nodules, [_as_detection(f) for f in findings], background.avoid)
         scores.append(np.array([f.probability for f in findings]))
@@ -175,7 +182,15 @@ def evaluate_held_out(
     real_labels = candidate_labels(real_scan)
     real_reference = {"real": _lesions(_as_pairs(real))}
     real_ignore = {"real": _lesions(irrelevant)}
+    by_weight = {}
+    for weight in REDUCER_WEIGHTS:
+        weighted = [
+            Candidate(c.scan, c.centre, float(combine(c.probability, r, weight)))
+            for c, r in zip(detector_candidates, reducer_probabilities, strict=True)
+        ]
+        by_weight[f"{weight:g}"] = froc(inserted, weighted, ignore, n_bootstrap=1).cpm.value
     return HeldOutEvaluation(
+        inserted_cpm_by_reducer_weight=by_weight,
         held_out_side=side,
         inserted_detector=froc(inserted, detector_candidates, ignore, n_bootstrap=n_bootstrap, seed=seed),
         inserted_reduced=froc(inserted, reduced_candidates, ignore, n_bootstrap=n_bootstrap, seed=seed),

@@ -32,7 +32,14 @@ from vesalius.engines.detection.preprocess import PreparedCT, prepare_ct
 from vesalius.engines.detection.recipe import LungNodulePlan
 from vesalius.engines.detection.training import detect
 
-__all__ = ["LungNoduleFinding", "LungNoduleModel", "combine", "detector_candidates", "write_findings"]
+__all__ = [
+    "REDUCER_WEIGHTS",
+    "LungNoduleFinding",
+    "LungNoduleModel",
+    "combine",
+    "detector_candidates",
+    "write_findings",
+]
 
 DETECTOR_PREFIX = "detector."
 REDUCER_PREFIX = "false_positive."
@@ -61,6 +68,10 @@ def detector_candidates(
 ) -> list[Detection]:
     """The detector's ``plan.max_candidates`` most probable candidates on a prepared CT."""
     return detect(detector, prepared, plan.window, plan.overlap, device=device)[: plan.max_candidates]
+
+
+REDUCER_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""The reducer weights ``combine`` is tried with: from the detector alone to the reducer alone."""
 
 
 def combine(detector: npt.ArrayLike, reducer: npt.ArrayLike, weight: float = 0.5) -> npt.NDArray[np.float64]:
