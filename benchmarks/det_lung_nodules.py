@@ -108,6 +108,16 @@ def render(result: dict[str, Any]) -> str:
                 f"| {label} ({report['n_scans']} scans, {report['n_nodules']} nodules) | {stage_label} | {cells} | "
                 f"{cpm['value']:.3f} [{cpm['ci_low']:.3f}, {cpm['ci_high']:.3f}] |"
             )
+    weights = e.get("inserted_cpm_by_reducer_weight", {})
+    if weights:
+        chosen = result["reducer_weight"]
+        lines += [
+            "",
+            "The false-positive reducer's effect: CPM on the inserted set with the score detector^(1-w) x reducer^w, "
+            f"for each w (the package uses w = {chosen:g}, chosen on scans held back from the reducer's training): "
+            + ", ".join(f"w = {w}: {cpm:.3f}" for w, cpm in weights.items())
+            + ".",
+        ]
     lines += ["", "Real consensus nodules (held-out side):", ""]
     for nodule in e["real_nodules"]:
         x, y, z = nodule["centre"]
@@ -172,6 +182,7 @@ def main() -> int:
             "reducer": sum(p.numel() for p in model.reducer.network.parameters()),
         },
         "evaluation": evaluation.model_dump(mode="json"),
+        "reducer_weight": model.reducer_weight,
         "mismatch_with_package": compare(recorded, evaluation),
         "time_per_ct": time_per_ct(model, args.runs),
     }
