@@ -13,11 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from vesalius.engines.common.metrics.froc import Candidate, Lesion, froc, write_froc_png
-from vesalius.engines.detection.evaluation import HeldOutEvaluation, evaluate_held_out
+from vesalius.engines.common.metrics.froc import Candidate, write_froc_png
+from vesalius.engines.detection.evaluation import (
+    HeldOutEvaluation,
+    cpm_by_reducer_weight,
+    evaluate_held_out,
+    lesions,
+)
 from vesalius.engines.detection.false_positives import CandidateScan, FalsePositiveReducer, train_reducer
 from vesalius.engines.detection.lung_mask import lung_volume_ml
-from vesalius.engines.detection.model import REDUCER_WEIGHTS, LungNoduleModel, combine, detector_candidates
+from vesalius.engines.detection.model import REDUCER_WEIGHTS, LungNoduleModel, detector_candidates
 from vesalius.engines.detection.network import build_detector, count_parameters
 from vesalius.engines.detection.recipe import Background, LungNodulePlan, load_background, synthetic_scans
 from vesalius.engines.detection.synthetic import midline_x, on_side
@@ -56,33 +61,24 @@ def data_fingerprint(background: Background, plan: LungNodulePlan) -> dict[str, 
     }
 
 
-def _lesion(centre: Sequence[float], diameter_mm: float) -> Lesion:
-    return Lesion((float(centre[0]), float(centre[1]), float(centre[2])), float(diameter_mm))
-
-
 def choose_reducer_weight(
     reducer: FalsePositiveReducer, scans: Sequence[CandidateScan], device: str = "cpu"
 ) -> tuple[float, dict[float, float]]:
     """The reducer's weight in ``combine`` with the highest CPM on ``scans`` (held back from its training);
     a tie goes to the lower weight, so a reducer that does not help leaves the detector's ranking alone."""
     names = [f"scan-{n}" for n in range(len(scans))]
-    reference = {name: [_lesion(n.centre, n.diameter_mm) for n in scans[k].nodules] for k, name in enumerate(names)}
-    ignore = {name: [_lesion(c, d) for c, d in scans[k].ignore] for k, name in enumerate(names)}
-    rescored = []
+    reference = {
+        name: lesions([(n.centre, n.diameter_mm) for n in scan.nodules])
+        for name, scan in zip(names, scans, strict=True)
+    }
+    ignore = {name: lesions(scan.ignore) for name, scan in zip(names, scans, strict=True)}
+    candidates, reduced = [], []
     for name, scan in zip(names, scans, strict=True):
         centres = np.array([d.centre for d in scan.detections], dtype=np.float64).reshape(-1, 3)
-        detector = np.array([d.probability for d in scan.detections], dtype=np.float64)
-        rescored.append((name, scan.detections, detector, reducer.probabilities(scan.prepared, centres, device)))
-    cpm: dict[float, float] = {}
-    for weight in REDUCER_WEIGHTS:
-        candidates = [
-            Candidate(name, d.centre, float(p))
-            for name, detections, detector, reduced in rescored
-            for d, p in zip(detections, combine(detector, reduced, weight), strict=True)
-        ]
-        cpm[weight] = froc(reference, candidates, ignore, n_bootstrap=1).cpm.value
-    best = max(REDUCER_WEIGHTS, key=lambda w: (cpm[w], -w))
-    return best, cpm
+        candidates += [Candidate(name, d.centre, d.probability) for d in scan.detections]
+        reduced += reducer.probabilities(scan.prepared, centres, device).tolist()
+    cpm = cpm_by_reducer_weight(reference, ignore, candidates, reduced)
+    return max(REDUCER_WEIGHTS, key=lambda w: (cpm[w], -w)), cpm
 
 
 def build_lung_nodule_model(

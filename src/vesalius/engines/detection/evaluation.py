@@ -11,7 +11,7 @@ reduction at one false positive per scan; the real nodules play no part in choos
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,7 +24,14 @@ from vesalius.engines.detection.preprocess import PreparedCT
 from vesalius.engines.detection.recipe import Background, synthetic_scans
 from vesalius.engines.detection.synthetic import Side, midline_x, on_side
 
-__all__ = ["HeldOutEvaluation", "RealNoduleResult", "evaluate_held_out", "operating_point"]
+__all__ = [
+    "HeldOutEvaluation",
+    "RealNoduleResult",
+    "cpm_by_reducer_weight",
+    "evaluate_held_out",
+    "lesions",
+    "operating_point",
+]
 
 
 class RealNoduleResult(BaseModel):
@@ -76,8 +83,26 @@ class HeldOutEvaluation(BaseModel):
         }
 
 
-def _lesions(items: Sequence[tuple[Sequence[float], float]]) -> list[Lesion]:
+def lesions(items: Sequence[tuple[Sequence[float], float]]) -> list[Lesion]:
     return [Lesion(centre=(float(c[0]), float(c[1]), float(c[2])), diameter_mm=float(d)) for c, d in items]
+
+
+def cpm_by_reducer_weight(
+    reference: Mapping[str, Sequence[Lesion]],
+    ignore: Mapping[str, Sequence[Lesion]],
+    detector_candidates: Sequence[Candidate],
+    reducer_probabilities: Sequence[float],
+) -> dict[float, float]:
+    """CPM of the candidates scored by ``combine`` at each of ``REDUCER_WEIGHTS`` (their probabilities are the
+    detector's; ``reducer_probabilities`` holds the reducer's for each)."""
+    cpm = {}
+    for weight in REDUCER_WEIGHTS:
+        weighted = [
+            Candidate(c.scan, c.centre, float(combine(c.probability, r, weight)))
+            for c, r in zip(detector_candidates, reducer_probabilities, strict=True)
+        ]
+        cpm[weight] = froc(reference, weighted, ignore, n_bootstrap=1).cpm.value
+    return cpm
 
 
 def _as_pairs(nodules: Sequence[NoduleLike]) -> list[tuple[Sequence[float], float]]:
@@ -152,8 +177,8 @@ def evaluate_held_out(
         began = time.perf_counter()
         findings = _held_out_findings(model, prepared, side, midline)
         seconds.append(time.perf_counter() - began)
-        inserted[name] = _lesions(_as_pairs(nodules))
-        ignore[name] = _lesions(background.avoid)
+        inserted[name] = lesions(_as_pairs(nodules))
+        ignore[name] = lesions(background.avoid)
         detector_candidates += _candidates(name, findings, reduced=False)
         reducer_probabilities += [f.reducer_probability for f in findings]
         reduced_candidates += _candidates(name, findings, reduced=True)
@@ -164,10 +189,10 @@ def evaluate_held_out(
     all_scores, all_labels = np.concatenate(scores), np.concatenate(labels)
     inserted_count = sum(len(v) for v in inserted.values())
     found_at_point = 0
-    for name, lesions in inserted.items():
+    for name, scan_lesions in inserted.items():
         kept = [c.centre for c in reduced_candidates if c.scan == name and c.probability >= threshold]
         points = np.array(kept, dtype=np.float64).reshape(-1, 3)
-        for lesion in lesions:
+        for lesion in scan_lesions:
             distance = np.linalg.norm(points - np.asarray(lesion.centre)[None, :], axis=1)
             found_at_point += bool(np.any(distance <= (lesion.diameter_mm or 0.0) / 2.0))
     false_at_point = int(np.count_nonzero((all_labels == 0) & (all_scores >= threshold)))
@@ -180,17 +205,11 @@ def evaluate_held_out(
     seconds.append(time.perf_counter() - began)
     real_scan = CandidateScan(background.prepared, real, [_as_detection(f) for f in findings], irrelevant)
     real_labels = candidate_labels(real_scan)
-    real_reference = {"real": _lesions(_as_pairs(real))}
-    real_ignore = {"real": _lesions(irrelevant)}
-    by_weight = {}
-    for weight in REDUCER_WEIGHTS:
-        weighted = [
-            Candidate(c.scan, c.centre, float(combine(c.probability, r, weight)))
-            for c, r in zip(detector_candidates, reducer_probabilities, strict=True)
-        ]
-        by_weight[f"{weight:g}"] = froc(inserted, weighted, ignore, n_bootstrap=1).cpm.value
+    real_reference = {"real": lesions(_as_pairs(real))}
+    real_ignore = {"real": lesions(irrelevant)}
+    by_weight = cpm_by_reducer_weight(inserted, ignore, detector_candidates, reducer_probabilities)
     return HeldOutEvaluation(
-        inserted_cpm_by_reducer_weight=by_weight,
+        inserted_cpm_by_reducer_weight={f"{w:g}": cpm for w, cpm in by_weight.items()},
         held_out_side=side,
         inserted_detector=froc(inserted, detector_candidates, ignore, n_bootstrap=n_bootstrap, seed=seed),
         inserted_reduced=froc(inserted, reduced_candidates, ignore, n_bootstrap=n_bootstrap, seed=seed),
