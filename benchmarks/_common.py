@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
 from pathlib import Path
@@ -32,6 +33,35 @@ def machine() -> dict[str, Any]:
         "memory_gib": memory_gib,
         "os": f"{platform.system()} {platform.release()}",
     }
+
+
+def run_header(command: str, load_before: float) -> dict[str, Any]:
+    """The first keys of a result: date, command (run from the repository root), machine, load before and after."""
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"cd {REPO} && {command}",
+        "machine": machine(),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
+
+
+def section_head(name: str, title: str, result: dict[str, Any], machine_extra: str = "") -> list[str]:
+    """The first lines of a docs section: markers, title, provenance and the machine line (with ``versions``)."""
+    return [
+        f"<!-- {name}:start -->",
+        f"## {title}",
+        "",
+        f"Written by `benchmarks/{name}.py` on {result['date']}; do not edit by hand. Command: `{result['command']}`.",
+        "",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['usable_cores']} cores, load average "
+        f"{result['load_before']:.1f} before the run (other jobs share the machine). {result['versions']}."
+        + machine_extra,
+    ]
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
 
 
 def update_docs(name: str, section: str, path: Path = DOCS_MD) -> None:

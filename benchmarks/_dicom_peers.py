@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -59,25 +61,42 @@ def network_is_private() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen[bytes] | None) -> None:
+def require_private_network() -> bool:
+    """Whether the network is private; if not, say so on stderr (the scripts that need Orthanc then exit 2)."""
+    if network_is_private():
+        return True
+    print("Orthanc binds every interface: run inside `unshare --net` (see the module docstring)", file=sys.stderr)
+    return False
+
+
+def command_line(name: str, unshare: bool = True) -> str:
+    """How to rerun ``benchmarks/<name>.py`` with this process's arguments, in a private namespace if ``unshare``."""
+    command = shlex.join([".venv/bin/python", f"benchmarks/{name}.py", *sys.argv[1:]])
+    return f"unshare --net -- bash -c {shlex.quote('ip link set lo up && ' + command)}" if unshare else command
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll ``check`` every 50 ms; PeerError after ``timeout`` s or once ``process`` (if any) has exited."""
     deadline = time.monotonic() + timeout
     while not check():
         if process is not None and process.poll() is not None:
             raise PeerError(f"{what}: the process exited with status {process.returncode}")
         if time.monotonic() > deadline:
-            raise PeerError(f"{what}: not ready within {timeout} s")
+            raise PeerError(f"{what}: not ready within {timeout:g} s")
         time.sleep(0.05)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate, wait 10 s at most, then kill."""
+def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Terminate, wait ``timeout`` s at most, then kill (and wait as long again)."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout=10)
+            process.wait(timeout=timeout)
 
 
 @contextmanager
@@ -99,6 +118,11 @@ def storescp_has_fsync() -> bool:
     """Whether this DCMTK's storescp offers an fsync option (3.6.7 does not)."""
     shown = subprocess.run([tool("storescp"), "--help"], capture_output=True, text=True, timeout=10, check=False)
     return "fsync" in (shown.stdout + shown.stderr).lower()
+
+
+def storescu_args(calling_ae: str, called_ae: str) -> list[str]:
+    """storescu with bounded waits (connect/ACSE 30 s, DIMSE 60 s); append host, port and files."""
+    return [tool("storescu"), "-aet", calling_ae, "-aec", called_ae, "-to", "30", "-ta", "30", "-td", "60"]
 
 
 def dcmtk_version() -> str:
@@ -130,11 +154,15 @@ def storescp(out_dir: Path, log: Path, extra: Sequence[str] = ()) -> Iterator[Pe
         yield Peer("STORESCP", port)
 
 
-def http_json(url: str, timeout: float = 10.0) -> Any:
+def http_json(url: str, method: str = "GET", body: bytes | str | None = None, timeout: float = 10.0) -> Any:
+    """A request to Orthanc's REST API (loopback only); its JSON answer, None if empty."""
     if not url.startswith(f"http://{HOST}:"):
         raise PeerError(f"refusing a non-loopback URL {url}")
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only, checked above
-        return json.loads(response.read())
+    data = body.encode() if isinstance(body, str) else body
+    request = urllib.request.Request(url, data=data, method=method)
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # loopback only, checked above
+        text = response.read()
+    return json.loads(text) if text.strip() else None
 
 
 def orthanc_version() -> str:
@@ -142,16 +170,35 @@ def orthanc_version() -> str:
     return shown.stdout.strip().splitlines()[0] if shown.stdout.strip() else "?"
 
 
-@contextmanager
-def orthanc(folder: Path, dicom_threads: int = 4) -> Iterator[Peer]:
-    """Orthanc with a throw-away storage and index in ``folder``; only in a private network namespace.
+def peer_versions(dcmtk_first: bool = False) -> str:
+    """Orthanc, DCMTK, pynetdicom and pydicom versions, one line."""
+    import pydicom
+    import pynetdicom
 
-    Its defaults otherwise: ``SyncStorageArea`` true (fsync of every stored file), no storage compression.
+    peers = [orthanc_version(), dcmtk_version()]
+    first, second = reversed(peers) if dcmtk_first else peers
+    return f"{first}, {second}, pynetdicom {pynetdicom.__version__}, pydicom {pydicom.__version__}"
+
+
+@contextmanager
+def orthanc(
+    folder: Path,
+    dicom_threads: int | None = 4,
+    *,
+    ports: tuple[int, int] | None = None,
+    log: Path | None = None,
+) -> Iterator[Peer]:
+    """Orthanc with its storage and index in ``folder``; only in a private network namespace.
+
+    ``ports``: (DICOM, HTTP), fixed so that a restart on the same ``folder`` keeps its address and data (default:
+    free ports now). ``dicom_threads`` None leaves ``DicomThreadsCount`` to Orthanc. ``log`` defaults to
+    ``folder/orthanc.log``. Its defaults otherwise: ``SyncStorageArea`` true (fsync of every stored file), no
+    storage compression.
     """
     executable = tool("Orthanc")
     if not network_is_private():
         raise PeerError("Orthanc binds every interface: run only in a private network namespace")
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = ports or (free_port(), free_port())
     folder.mkdir(parents=True, exist_ok=True)
     config = {
         "Name": "vesalius-bench",
@@ -170,6 +217,8 @@ def orthanc(folder: Path, dicom_threads: int = 4) -> Iterator[Peer]:
         "StorageCompression": False,
         "Plugins": [],
     }
+    if dicom_threads is None:
+        del config["DicomThreadsCount"]
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
     url = f"http://{HOST}:{http_port}"
@@ -181,5 +230,59 @@ def orthanc(folder: Path, dicom_threads: int = 4) -> Iterator[Peer]:
             return False
         return accepts_tcp(dicom_port)
 
-    with started([executable, str(path)], folder / "orthanc.log", ready, "Orthanc"):
+    with started([executable, str(path)], log or folder / "orthanc.log", ready, "Orthanc"):
         yield Peer("ORTHANC", dicom_port, url)
+
+
+def gateway_config(
+    folder: Path,
+    *,
+    allowed_calling_aes: Sequence[str],
+    study: str,
+    queue: str,
+    models: dict[str, Path],
+    routes: Sequence[tuple[str, str, str]] = (),
+    delivery: str | None = None,
+    port: int = 0,
+) -> Any:
+    """Write ``folder/vesalius.toml`` for a benchmark ``GatewayService`` and return it parsed (a ``GatewayConfig``).
+
+    AE title VESALIUS on loopback, no free-space floor, storage, sqlite queue and audit log under ``store``, one
+    worker, API off. ``study`` and ``queue``: extra lines for those tables; ``routes``: (name, modality, model).
+    """
+    from vesalius.gateway.config import parse_config
+
+    allowed = ", ".join(f'"{ae}"' for ae in allowed_calling_aes)
+    text = f"""
+[dicom]
+ae_title = "VESALIUS"
+host = "{HOST}"
+port = {port}
+allowed_calling_aes = [{allowed}]
+min_free_mb = 0
+
+[storage]
+root = "store"
+
+[study]
+{study}
+
+[queue]
+path = "store/queue.sqlite3"
+{queue}
+
+[workers]
+count = 1
+
+[models]
+"""
+    text += "".join(f'{name} = "{path}"\n' for name, path in models.items())
+    for name, modality, model in routes:
+        text += f'\n[[route]]\nname = "{name}"\nmodality = "{modality}"\nmodels = ["{model}"]\n'
+    if delivery:
+        text += f'\n[delivery]\ndicom = "{delivery}"\n'
+    text += '\n[api]\nenabled = false\n\n[audit]\npath = "store/audit.jsonl"\n'
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "vesalius.toml"
+    path.write_text(text)
+    return parse_config(text, path)

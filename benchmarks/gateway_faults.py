@@ -42,48 +42,46 @@ It prints a table, writes ``benchmarks/results/gateway_faults.json`` and updates
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
 import random
-import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
-import pynetdicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config, evt
 
-from _common import REPO, machine, publish
+from _common import REPO, publish, run_header, section_head, verdict
 from _dicom_peers import (
     HOST,
     Peer,
     PeerError,
-    accepts_tcp,
-    dcmtk_version,
+    command_line,
     free_port,
+    gateway_config,
     http_json,
-    network_is_private,
-    orthanc_version,
+    orthanc,
     peer_env,
-    started,
+    peer_versions,
+    require_private_network,
     storescp,
-    tool,
+    storescu_args,
+    wait_until,
 )
 from vesalius.cli.gateway import build_processor, build_service
-from vesalius.gateway.config import GatewayConfig, parse_config
+from vesalius.gateway.config import GatewayConfig
 from vesalius.gateway.jobs import JobOutput, JobRecord, JobSpec, JobState, Processor
 from vesalius.gateway.scp import set_tcp_nodelay
 from vesalius.gateway.scu import DicomPeer, echo
@@ -209,51 +207,20 @@ class SlowStart:
 
 
 def write_config(folder: Path, *, delivery: str | None, queue: str, route_cr: bool = True) -> GatewayConfig:
-    text = f"""
-[dicom]
-ae_title = "VESALIUS"
-host = "{HOST}"
-port = 0
-allowed_calling_aes = ["BENCH", "STORESCU"]
-min_free_mb = 0
-
-[storage]
-root = "store"
-
-[study]
-quiet_seconds = 0.5
-
-[queue]
-path = "store/queue.sqlite3"
-{queue}
-
-[workers]
-count = 1
-
-[models]
-cxr = "{CXR}"
-"""
-    if route_cr:
-        text += '\n[[route]]\nname = "chest radiographs"\nmodality = "CR"\nmodels = ["cxr"]\n'
-    if delivery:
-        text += f'\n[delivery]\ndicom = "{delivery}"\n'
-    text += '\n[api]\nenabled = false\n\n[audit]\npath = "store/audit.jsonl"\n'
-    path = folder / "vesalius.toml"
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return parse_config(text, path)
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise PeerError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.05)
+    """The service's ``vesalius.toml``: CR routed to the cxr-pneumonia classifier (unless not ``route_cr``)."""
+    return gateway_config(
+        folder,
+        allowed_calling_aes=["BENCH", "STORESCU"],
+        study="quiet_seconds = 0.5",
+        queue=queue,
+        models={"cxr": CXR},
+        routes=[("chest radiographs", "CR", "cxr")] if route_cr else [],
+        delivery=delivery,
+    )
 
 
 def storescu(port: int, files: list[Path], log: Path) -> None:
-    args = [tool("storescu"), "-aet", "STORESCU", "-aec", "VESALIUS", "-to", "30", "-ta", "30", "-td", "60"]
+    args = storescu_args("STORESCU", "VESALIUS")
     with log.open("wb") as sink:
         done = subprocess.run(
             [*args, HOST, str(port), *map(str, files)],
@@ -504,38 +471,10 @@ def run_fuzz(work: Path, count: int, seed: int) -> dict[str, Any]:
 @contextmanager
 def orthanc_at(folder: Path, dicom_port: int, http_port: int) -> Iterator[Peer]:
     """Orthanc on fixed ports with its storage and index in ``folder`` (kept between starts); private netns only."""
-    if not network_is_private():
-        raise PeerError("Orthanc binds every interface: run only in a private network namespace")
-    config = {
-        "Name": "vesalius-bench",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "index"),
-        "DicomAet": "ORTHANC",
-        "DicomPort": dicom_port,
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowEcho": True,
-        "DicomAlwaysAllowStore": True,
-        "SyncStorageArea": True,
-        "StorageCompression": False,
-        "Plugins": [],
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
-    url = f"http://{HOST}:{http_port}"
-
-    def ready() -> bool:
-        try:
-            http_json(url + "/system", timeout=2.0)
-        except OSError:
-            return False
-        return accepts_tcp(dicom_port)
-
     starts = len(list(folder.glob("orthanc-*.log")))
-    with started([tool("Orthanc"), str(folder / "orthanc.json")], folder / f"orthanc-{starts}.log", ready, "Orthanc"):
-        yield Peer("ORTHANC", dicom_port, url)
+    log = folder / f"orthanc-{starts}.log"
+    with orthanc(folder, dicom_threads=None, ports=(dicom_port, http_port), log=log) as peer:
+        yield peer
 
 
 def sr_in_orthanc(url: str) -> int:
@@ -560,7 +499,7 @@ def run_pacs_outage(work: Path, studies: int, down_seconds: float) -> dict[str, 
     with build_service(config, processor, hashes) as service:
         with orthanc_at(folder / "orthanc", dicom_port, http_port) as pacs:
             storescu(service.dicom_port, [path for _, path in sent], folder / "storescu.log")
-            wait_for(lambda: sr_in_orthanc(str(pacs.url)) >= 1, WAIT_SECONDS, "the first SR in Orthanc")
+            wait_until(lambda: sr_in_orthanc(str(pacs.url)) >= 1, WAIT_SECONDS, "the first SR in Orthanc")
             before_stop = sr_in_orthanc(str(pacs.url))
         stopped_at = time.monotonic()
         up_checks.append(service_up(service))
@@ -569,7 +508,7 @@ def run_pacs_outage(work: Path, studies: int, down_seconds: float) -> dict[str, 
         failed_while_down = sum(1 for r in during if r.last_error)
         down_for = time.monotonic() - stopped_at
         with orthanc_at(folder / "orthanc", dicom_port, http_port) as pacs:
-            wait_for(lambda: settled(service, studies), WAIT_SECONDS, "every job after Orthanc came back")
+            wait_until(lambda: settled(service, studies), WAIT_SECONDS, "every job after Orthanc came back")
             seconds = time.monotonic() - started_at
             jobs = records(service)
             up_checks.append(service_up(service))
@@ -577,7 +516,7 @@ def run_pacs_outage(work: Path, studies: int, down_seconds: float) -> dict[str, 
             per_study: dict[str, list[str]] = {}
             for r in jobs:
                 uid = str(r.spec.study_instance_uid)
-                found = http_json_post(f"{url}/tools/lookup", uid)
+                found = http_json(f"{url}/tools/lookup", "POST", uid)
                 instances = http_json(f"{url}/studies/{found[0]['ID']}/instances") if found else []
                 per_study[uid] = [i["MainDicomTags"]["SOPInstanceUID"] for i in instances]
             total = sr_in_orthanc(url)
@@ -607,34 +546,16 @@ def run_pacs_outage(work: Path, studies: int, down_seconds: float) -> dict[str, 
     }
 
 
-def http_json_post(url: str, body: str) -> Any:
-    import urllib.request
-
-    if not url.startswith(f"http://{HOST}:"):
-        raise PeerError(f"refusing a non-loopback URL {url}")
-    request = urllib.request.Request(url, data=body.encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:  # loopback only, checked above
-        return json.loads(response.read())
-
-
 # --- report ---------------------------------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def render(result: dict[str, Any]) -> str:
     kills, fuzz_run, outage = result["kills"], result["fuzz"], result["outage"]
+    title = "Gateway: faults (workers killed, fuzzed files, PACS stopped during delivery)"
     lines = [
-        f"<!-- {NAME}:start -->",
-        "## Gateway: faults (workers killed, fuzzed files, PACS stopped during delivery)",
-        "",
-        f"Written by `benchmarks/{NAME}.py` on {result['date']}; do not edit by hand. Command: `{result['command']}`.",
-        "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['usable_cores']} cores, load average "
-        f"{result['load_before']:.1f} before the run (other jobs share the machine). {result['versions']}. "
-        "One worker process, sqlite queue; the module docstring describes each run.",
+        *section_head(
+            NAME, title, result, " One worker process, sqlite queue; the module docstring describes each run."
+        ),
         "",
         "| Fault | Instances lost | Duplicate results | Service up | Detail | Seconds |",
         "|---|---|---|---|---|---|",
@@ -702,28 +623,21 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-    if not network_is_private():
-        print("Orthanc binds every interface: run inside `unshare --net` (see the module docstring)", file=sys.stderr)
+    if not require_private_network():
         return 2
     load_before = os.getloadavg()[0]
-    command = shlex.join([".venv/bin/python", f"benchmarks/{NAME}.py", *sys.argv[1:]])
-    command = f"unshare --net -- bash -c {shlex.quote('ip link set lo up && ' + command)}"
+    command = command_line(NAME)
     with tempfile.TemporaryDirectory(prefix="vesalius-bench-faults-", dir=args.workdir) as folder:
         work = Path(folder)
         kills = run_kills(work, args.kill_studies)
-        print(f"kills: { ({k: v for k, v in kills.items()}) }", flush=True)
+        print(f"kills: {kills}", flush=True)
         fuzz_run = run_fuzz(work, args.fuzz_files, args.seed)
         print(f"fuzz: { ({k: v for k, v in fuzz_run.items() if k != 'outcomes'}) }", flush=True)
         outage = run_pacs_outage(work, args.pacs_studies, args.down_seconds)
         print(f"outage: {outage}", flush=True)
     result: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": f"cd {REPO} && {command}",
-        "machine": machine(),
-        "load_before": load_before,
-        "load_after": os.getloadavg()[0],
-        "versions": f"{orthanc_version()}, {dcmtk_version()}, pynetdicom {pynetdicom.__version__}, "
-        f"pydicom {pydicom.__version__}",
+        **run_header(command, load_before),
+        "versions": peer_versions(),
         "kills": kills,
         "fuzz": fuzz_run,
         "outage": outage,

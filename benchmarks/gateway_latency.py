@@ -43,41 +43,38 @@ It prints a table, writes ``benchmarks/results/gateway_latency.json`` and update
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
-import pynetdicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from _common import REPO, machine, publish
+from _common import REPO, publish, run_header, section_head, verdict
 from _dicom_peers import (
     HOST,
     Peer,
     PeerError,
-    dcmtk_version,
+    command_line,
     free_port,
-    network_is_private,
+    gateway_config,
+    http_json,
     orthanc,
-    orthanc_version,
     peer_env,
+    peer_versions,
+    require_private_network,
     tool,
 )
 from vesalius.cli.gateway import api_factory, build_processor
-from vesalius.gateway.config import parse_config
 from vesalius.gateway.jobs import JobRecord, JobState
 from vesalius.gateway.scu import DicomPeer, send_instances
 from vesalius.gateway.service import GatewayService
@@ -90,17 +87,6 @@ POLL_SECONDS = 0.02
 SEG_TIMEOUT = 180.0
 GOAL_SECONDS = 2.0
 MODES = {"find-counts": {"quiet_seconds": 30.0, "use_find_counts": True}, "quiet": {"quiet_seconds": 1.0}}
-
-
-def http(url: str, method: str = "GET", body: bytes | str | None = None, timeout: float = 30.0) -> Any:
-    """A JSON request to Orthanc's REST API (loopback only)."""
-    if not url.startswith(f"http://{HOST}:"):
-        raise PeerError(f"refusing a non-loopback URL {url}")
-    data = body.encode() if isinstance(body, str) else body
-    request = urllib.request.Request(url, data=data, method=method)
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # loopback only, checked above
-        text = response.read()
-    return json.loads(text) if text.strip() else None
 
 
 def write_mr_study(folder: Path, seed: int) -> tuple[str, list[Path]]:
@@ -152,56 +138,27 @@ class TimedService(GatewayService):
         super()._on_stored(stored)
 
 
-def write_config(folder: Path, port: int, pacs: Peer, mode: dict[str, Any]) -> Path:
+def write_config(folder: Path, port: int, pacs: Peer, mode: dict[str, Any]) -> Any:
+    """The service's ``vesalius.toml``: MR routed to the hippocampus model, results and C-FIND to Orthanc."""
     peer = f"{pacs.ae_title}@{HOST}:{pacs.port}"
-    study = f"quiet_seconds = {mode['quiet_seconds']}\n"
+    study = f"quiet_seconds = {mode['quiet_seconds']}"
     if mode.get("use_find_counts"):
-        study += f'use_find_counts = true\nfind_peer = "{peer}"\n'
-    text = f"""
-[dicom]
-ae_title = "VESALIUS"
-host = "{HOST}"
-port = {port}
-allowed_calling_aes = ["{pacs.ae_title}"]
-min_free_mb = 0
-
-[storage]
-root = "store"
-
-[study]
-{study}
-[queue]
-path = "store/queue.sqlite3"
-retry_delay_seconds = 0.5
-
-[workers]
-count = 1
-
-[models]
-hippocampus = "{PACKAGE}"
-
-[[route]]
-name = "MR"
-modality = "MR"
-models = ["hippocampus"]
-
-[delivery]
-dicom = "{peer}"
-
-[api]
-enabled = false
-
-[audit]
-path = "store/audit.jsonl"
-"""
-    path = folder / "vesalius.toml"
-    path.write_text(text)
-    return path
+        study += f'\nuse_find_counts = true\nfind_peer = "{peer}"'
+    return gateway_config(
+        folder,
+        port=port,
+        allowed_calling_aes=[pacs.ae_title],
+        study=study,
+        queue="retry_delay_seconds = 0.5",
+        models={"hippocampus": PACKAGE},
+        routes=[("MR", "MR", "hippocampus")],
+        delivery=peer,
+    )
 
 
 def seg_in_orthanc(url: str, study_uid: str) -> bool:
     query = {"Level": "Series", "Query": {"StudyInstanceUID": study_uid, "Modality": "SEG"}}
-    return bool(http(f"{url}/tools/find", "POST", json.dumps(query), timeout=5.0))
+    return bool(http_json(f"{url}/tools/find", "POST", json.dumps(query), timeout=5.0))
 
 
 def job_for(service: GatewayService, study_uid: str) -> JobRecord | None:
@@ -216,10 +173,10 @@ def trial(service: TimedService, pacs: Peer, data: Path, seed: int) -> dict[str,
     url = str(pacs.url)
     study_uid, files = write_mr_study(data / f"study-{seed}", seed)
     for path in files:
-        http(f"{url}/instances", "POST", path.read_bytes())
-    (found,) = http(f"{url}/tools/lookup", "POST", study_uid)
+        http_json(f"{url}/instances", "POST", path.read_bytes(), timeout=30.0)
+    (found,) = http_json(f"{url}/tools/lookup", "POST", study_uid, timeout=30.0)
     send_started = time.time()
-    http(f"{url}/modalities/vesalius/store", "POST", found["ID"], timeout=120.0)
+    http_json(f"{url}/modalities/vesalius/store", "POST", found["ID"], timeout=120.0)
     send_returned = time.time()
     deadline = time.monotonic() + SEG_TIMEOUT
     while not seg_in_orthanc(url, study_uid):
@@ -265,8 +222,9 @@ def run_mode(name: str, mode: dict[str, Any], pacs: Peer, work: Path, studies: i
     folder = work / name
     folder.mkdir(parents=True)
     port = free_port()
-    http(f"{pacs.url}/modalities/vesalius", "PUT", json.dumps({"AET": "VESALIUS", "Host": HOST, "Port": port}))
-    config = parse_config(write_config(folder, port, pacs, mode).read_text(), folder / "vesalius.toml")
+    modality = json.dumps({"AET": "VESALIUS", "Host": HOST, "Port": port})
+    http_json(f"{pacs.url}/modalities/vesalius", "PUT", modality, timeout=30.0)
+    config = write_config(folder, port, pacs, mode)
     processor, hashes = build_processor(config)
     trials = []
     with TimedService(config, processor, hashes, api_factory=api_factory(config, hashes)) as service:
@@ -336,14 +294,9 @@ def baseline(pacs: Peer, seg_file: Path, work: Path, repeats: int) -> dict[str, 
 
 def render(result: dict[str, Any]) -> str:
     base = result["baseline"]
+    title = "Gateway: last instance received -> SEG stored in Orthanc (model compute excluded)"
     lines = [
-        f"<!-- {NAME}:start -->",
-        "## Gateway: last instance received -> SEG stored in Orthanc (model compute excluded)",
-        "",
-        f"Written by `benchmarks/{NAME}.py` on {result['date']}; do not edit by hand. Command: `{result['command']}`.",
-        "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['usable_cores']} cores, load average "
-        f"{result['load_before']:.1f} before the run (other jobs share the machine). {result['versions']}.",
+        *section_head(NAME, title, result),
         "",
         f"Each trial: a new MR study (1 series, {SHAPE[2]} slices of {SHAPE[1]} x {SHAPE[0]}, 1 mm) uploaded to "
         "Orthanc, which sends it to our listener (`/modalities/vesalius/store`); our `GatewayService` (real "
@@ -380,9 +333,8 @@ def render(result: dict[str, Any]) -> str:
         "",
     ]
     mode = result["modes"]["find-counts"]
-    verdict = mode["max_s"] < GOAL_SECONDS
     lines.append(
-        f"- **{'PASS' if verdict else 'FAIL'}** with use_find_counts: median {mode['median_s']:.3f} s, max "
+        f"- **{verdict(mode['max_s'] < GOAL_SECONDS)}** with use_find_counts: median {mode['median_s']:.3f} s, max "
         f"{mode['max_s']:.3f} s (goal < {GOAL_SECONDS:g} s)"
     )
     quiet = result["modes"]["quiet"]
@@ -402,12 +354,10 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
-    if not network_is_private():
-        print("Orthanc binds every interface: run inside `unshare --net` (see the module docstring)", file=sys.stderr)
+    if not require_private_network():
         return 2
     load_before = os.getloadavg()[0]
-    command = shlex.join([".venv/bin/python", f"benchmarks/{NAME}.py", *sys.argv[1:]])
-    command = f"unshare --net -- bash -c {shlex.quote('ip link set lo up && ' + command)}"
+    command = command_line(NAME)
     with tempfile.TemporaryDirectory(prefix="vesalius-bench-latency-", dir=args.workdir) as folder:
         work = Path(folder)
         with orthanc(work / "orthanc") as pacs:
@@ -415,13 +365,8 @@ def main() -> int:
             seg_file = next(Path(t["seg_file"]) for m in modes.values() for t in m["trials"] if t["seg_file"])
             base = baseline(pacs, seg_file, work / "baseline", args.baseline_repeats)
     result: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": f"cd {REPO} && {command}",
-        "machine": machine(),
-        "load_before": load_before,
-        "load_after": os.getloadavg()[0],
-        "versions": f"{orthanc_version()}, {dcmtk_version()}, pynetdicom {pynetdicom.__version__}, "
-        f"pydicom {pydicom.__version__}",
+        **run_header(command, load_before),
+        "versions": peer_versions(),
         "studies": args.studies,
         "goal_s": GOAL_SECONDS,
         "modes": modes,

@@ -32,10 +32,8 @@ It prints a table, writes ``benchmarks/results/gateway_receive.json`` (every tri
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -47,24 +45,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
-import pynetdicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from _common import REPO, machine, publish
+from _common import publish, run_header, section_head, verdict
 from _dicom_peers import (
     HOST,
     Peer,
     PeerError,
-    dcmtk_version,
+    command_line,
     http_json,
     network_is_private,
     orthanc,
-    orthanc_version,
     peer_env,
+    peer_versions,
+    stop,
     storescp,
     storescp_has_fsync,
+    storescu_args,
     tool,
 )
 from vesalius.gateway.scp import ScpSettings, StorageSCP
@@ -134,7 +132,7 @@ def send(peer: Peer, files: list[Path], associations: int, logs: Path) -> tuple[
     """storescu x ``associations`` in parallel, round-robin shares; wall seconds, exit codes, first failure's log."""
     logs.mkdir(parents=True, exist_ok=True)
     shares = [files[i::associations] for i in range(associations)]
-    base = [tool("storescu"), "-aet", "BENCH", "-aec", peer.ae_title, "-to", "30", "-ta", "30", "-td", "60"]
+    base = storescu_args("BENCH", peer.ae_title)
     processes: list[subprocess.Popen[bytes]] = []
     sinks = []
     try:
@@ -149,13 +147,7 @@ def send(peer: Peer, files: list[Path], associations: int, logs: Path) -> tuple[
         seconds = time.perf_counter() - started
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=5)
+            stop(process, timeout=5)
         for sink in sinks:
             sink.close()
     failed = next((i for i, code in enumerate(codes) if code != 0), None)
@@ -258,13 +250,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     instance = result["data"]
     lines = [
-        f"<!-- {NAME}:start -->",
-        "## Gateway: receive throughput (C-STORE SCP) against storescp and Orthanc",
-        "",
-        f"Written by `benchmarks/{NAME}.py` on {result['date']}; do not edit by hand. Command: `{result['command']}`.",
-        "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['usable_cores']} cores, load average "
-        f"{result['load_before']:.1f} before the run (other jobs share the machine). {result['versions']}.",
+        *section_head(NAME, "Gateway: receive throughput (C-STORE SCP) against storescp and Orthanc", result),
         "",
         f"Data: {instance['instances']} CT instances, 512 x 512 int16, explicit VR little endian "
         f"({instance['mb']:.0f} MB), sent by DCMTK storescu processes (TCP_NODELAY=1), one per association, after an "
@@ -288,14 +274,14 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", result["storescp_fsync"], "", "Goals:", ""]
     for associations, rows in result["summary"].items():
         ours, peer = rows[OURS], rows["storescp"]
-        verdict = ours["instances_per_s"] >= peer["instances_per_s"]
+        ok = ours["instances_per_s"] >= peer["instances_per_s"]
         lines.append(
-            f"- **{'PASS' if verdict else 'FAIL'}** {associations} association(s): Vesalius with fsync "
+            f"- **{verdict(ok)}** {associations} association(s): Vesalius with fsync "
             f"{ours['instances_per_s']:.1f} instances/s vs storescp {peer['instances_per_s']:.1f} "
             f"(ratio {peer['ours_over_this']:.2f}; goal >= 1)"
         )
     lost = sum(row.get("lost", 0) for rows in result["summary"].values() for row in rows.values())
-    lines += [f"- **{'PASS' if lost == 0 else 'FAIL'}** instances lost, all receivers: {lost} (goal 0)"]
+    lines += [f"- **{verdict(lost == 0)}** instances lost, all receivers: {lost} (goal 0)"]
     lines.append(f"<!-- {NAME}:end -->")
     return "\n".join(lines)
 
@@ -311,9 +297,7 @@ def main() -> int:
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
     load_before = os.getloadavg()[0]
     has_fsync = storescp_has_fsync()
-    command = shlex.join([".venv/bin/python", f"benchmarks/{NAME}.py", *sys.argv[1:]])
-    if network_is_private():
-        command = f"unshare --net -- bash -c {shlex.quote('ip link set lo up && ' + command)}"
+    command = command_line(NAME, unshare=network_is_private())
     with tempfile.TemporaryDirectory(prefix="vesalius-bench-receive-", dir=args.workdir) as folder:
         work = Path(folder)
         filesystem = subprocess.run(
@@ -321,14 +305,9 @@ def main() -> int:
         ).stdout.split()[-2:]
         measured = run(args, work)
     result: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": f"cd {REPO} && {command}",
-        "machine": machine(),
-        "load_before": load_before,
-        "load_after": os.getloadavg()[0],
+        **run_header(command, load_before),
         "filesystem": " ".join(filesystem) or "?",
-        "versions": f"{dcmtk_version()}, {orthanc_version()}, pynetdicom {pynetdicom.__version__}, "
-        f"pydicom {pydicom.__version__}",
+        "versions": peer_versions(dcmtk_first=True),
         "storescp_fsync": (
             "storescp offers an fsync option, but this script does not yet use it."
             if has_fsync
