@@ -57,18 +57,17 @@ def test_a_bad_config_exits_2_naming_the_file_and_field(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def archive(tmp_path: Path):  # type: ignore[no-untyped-def]
+def archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A CT study in a dcmqrscp archive, a gateway config, and the fake processor: (series, source, config path)."""
     ct = factory.write_series(tmp_path / "ct", factory.random_values((16, 12, 5), seed=1), factory.axial())
-    with dcmqrscp(tmp_path / "pacs", ct.files, ae_title="PACS") as peer:
-        yield ct, f"PACS@{HOST}:{peer.port}"
-
-
-def test_pull_stores_the_study_and_queues_one_job(
-    tmp_path: Path, archive: tuple[factory.WrittenSeries, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ct, source = archive
     monkeypatch.setattr(gateway, "build_processor", fake_build)
     path = write_config(tmp_path)
+    with dcmqrscp(tmp_path / "pacs", ct.files, ae_title="PACS") as peer:
+        yield ct, f"PACS@{HOST}:{peer.port}", path
+
+
+def test_pull_stores_the_study_and_queues_one_job(archive: tuple[factory.WrittenSeries, str, Path]) -> None:
+    ct, source, path = archive
     result = runner.invoke(app, ["pull", "--study", ct.study_uid, "--from", source, "--config", str(path)])
     assert result.exit_code == 0, result.output
     # "pulled 5 of N": dcmqrscp's C-FIND count (N) is occasionally one short; what C-GET stored is what counts
@@ -86,12 +85,8 @@ def test_pull_stores_the_study_and_queues_one_job(
     assert sum(queue.counts().values()) == 1
 
 
-def test_pull_wait_runs_the_job_and_prints_the_results(
-    tmp_path: Path, archive: tuple[factory.WrittenSeries, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ct, source = archive
-    monkeypatch.setattr(gateway, "build_processor", fake_build)
-    path = write_config(tmp_path)
+def test_pull_wait_runs_the_job_and_prints_the_results(archive: tuple[factory.WrittenSeries, str, Path]) -> None:
+    ct, source, path = archive
     args = ["pull", "--study", ct.study_uid, "--from", source, "--config", str(path), "--wait", "--timeout", "60"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -101,13 +96,10 @@ def test_pull_wait_runs_the_job_and_prints_the_results(
     assert "csv    result.csv" in result.output
 
 
-def test_pull_of_an_unknown_study_fails_clearly(
-    tmp_path: Path, archive: tuple[factory.WrittenSeries, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, source = archive
-    monkeypatch.setattr(gateway, "build_processor", fake_build)
+def test_pull_of_an_unknown_study_fails_clearly(archive: tuple[factory.WrittenSeries, str, Path]) -> None:
+    _, source, path = archive
     unknown = factory.generate_uid()
-    result = runner.invoke(app, ["pull", "--study", unknown, "--from", source, "--config", str(write_config(tmp_path))])
+    result = runner.invoke(app, ["pull", "--study", unknown, "--from", source, "--config", str(path)])
     assert result.exit_code == 2
     assert f"study {unknown}: {source} has no such study" in result.output
 

@@ -73,14 +73,15 @@ class RunningPeer:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Stop a server started by a test: terminate, wait ``timeout`` seconds, then kill (and reap it)."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout=5)
+            process.wait(timeout=timeout)
 
 
 def accepts_tcp(port: int) -> bool:
@@ -126,7 +127,7 @@ def running(
             pytest.fail(f"{args[0]} did not start on port {port}: {log.read_text(errors='replace')[-2000:]}")
         yield RunningPeer(ae_title, port, process, log)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.dicom_peers import HOST, free_port
+from tests.gateway.dicom_peers import HOST, free_port, stop_process
 
 
 def network_is_private() -> bool:
@@ -107,9 +107,4 @@ def orthanc(folder: Path, modalities: dict[str, tuple[str, int]] | None = None) 
                 time.sleep(0.1)
         yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, timeout=10)

@@ -11,19 +11,13 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
+from tests.gateway.job_fakes import make_spec
 from vesalius.gateway.audit import REDACTED, AuditLog, Scrubber, redact, safe_log
-from vesalius.gateway.jobs import JobOutput, JobRecord, JobSpec, JobState, ModelInfo, OutputFile, utcnow
+from vesalius.gateway.jobs import JobOutput, JobRecord, JobState, ModelInfo, OutputFile, utcnow
 
 
 def finished_record(tmp_path: Path, job_id: str = "job1", state: JobState = JobState.DONE) -> JobRecord:
-    spec = JobSpec(
-        job_id=job_id,
-        kind="pull",
-        study_instance_uid="1.2.3",
-        input_folder=tmp_path / job_id,
-        models=["lung"],
-        requester="ris-key",
-    )
+    spec = make_spec(tmp_path, job_id, kind="pull", requester="ris-key")
     now = utcnow()
     output = JobOutput(
         files=[OutputFile(name="seg.dcm", kind="seg", sop_instance_uid="1.2.3.9")],

@@ -4,13 +4,9 @@ after bounded retries so the queue retries the job; the processor delivers at th
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -20,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from tests.gateway.dicom_peers import free_port, storescp
 from tests.gateway.test_models import write_ct
+from tests.http_server import FhirServer
 from tests.writers.conftest import label_volume, model
 from vesalius.core.results import SegmentationResult
 from vesalius.gateway.delivery import DeliverySettings, deliver
@@ -35,44 +32,9 @@ from vesalius.writers.sr import result_to_sr
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-class FhirServer:
-    """A FHIR endpoint on loopback answering each POST with the next status of ``statuses`` (the last repeats)."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses, self.bodies, self.headers = statuses, [], []  # type: ignore[var-annotated]
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                server.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                server.headers.append(dict(self.headers))
-                status = server.statuses[min(len(server.bodies), len(server.statuses)) - 1]
-                body = json.dumps({"resourceType": "Bundle", "type": "transaction-response"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Silent."""
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fhir"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 @pytest.fixture
-def fhir_ok() -> Iterator[FhirServer]:
-    server = FhirServer([200])
-    yield server
-    server.close()
+def fhir_ok(fhir_server: type[FhirServer]) -> FhirServer:
+    return fhir_server([200])
 
 
 @pytest.fixture
@@ -144,16 +106,15 @@ def test_the_bundle_is_posted_to_the_fhir_server(job_folder: tuple[Path, JobOutp
     assert fhir_ok.headers[0]["Authorization"] == "Bearer t0ken"
 
 
-def test_a_failing_fhir_server_fails_after_the_bounded_retries(job_folder: tuple[Path, JobOutput]) -> None:
+def test_a_failing_fhir_server_fails_after_the_bounded_retries(
+    job_folder: tuple[Path, JobOutput], fhir_server: type[FhirServer]
+) -> None:
     out, output = job_folder
-    server = FhirServer([503])
-    try:
-        settings = DeliverySettings(fhir_url=server.url, fhir_retries=2, fhir_backoff_seconds=0.01)
-        with pytest.raises(FhirDeliveryError, match="no success after 3 attempts"):
-            deliver(out, output, settings)
-        assert len(server.bodies) == 3
-    finally:
-        server.close()
+    server = fhir_server([503])
+    settings = DeliverySettings(fhir_url=server.url, fhir_retries=2, fhir_backoff_seconds=0.01)
+    with pytest.raises(FhirDeliveryError, match="no success after 3 attempts"):
+        deliver(out, output, settings)
+    assert len(server.bodies) == 3
 
 
 def test_the_bundle_is_copied_to_a_folder_under_a_stable_name(

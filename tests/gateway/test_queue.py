@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from tests.gateway.job_fakes import (
+    check_complete_twice_is_a_no_op,
+    check_reaper_requeues_then_fails,
+    check_submit_is_idempotent,
+    make_spec,
+)
 from vesalius.gateway.jobs import (
     JobAttemptError,
     JobNotFoundError,
-    JobOutput,
-    JobSpec,
     JobState,
     QueueError,
     idempotency_key,
@@ -25,17 +28,6 @@ def make_queue(tmp_path: Path, **overrides: object) -> JobQueue:
     values: dict[str, object] = {"path": tmp_path / "q" / "queue.sqlite3", "retry_delay_seconds": 0.0}
     values.update(overrides)
     return JobQueue(QueueSettings.model_validate(values))
-
-
-def make_spec(tmp_path: Path, job_id: str = "job1", study: str | None = "1.2.3") -> JobSpec:
-    return JobSpec(
-        job_id=job_id,
-        kind="dicom-study",
-        study_instance_uid=study,
-        input_folder=tmp_path / job_id,
-        models=["lung"],
-        requester="STORESCU",
-    )
 
 
 def test_settings_back_off_grows_geometrically() -> None:
@@ -60,15 +52,7 @@ def test_output_uid_is_deterministic_per_study_and_models(tmp_path: Path) -> Non
 
 
 def test_submit_is_idempotent_and_enqueues_once(tmp_path: Path) -> None:
-    queue = make_queue(tmp_path)
-    first, created = queue.submit(make_spec(tmp_path, "a"), "key-1")
-    second, created_again = queue.submit(make_spec(tmp_path, "b"), "key-1")
-    assert created
-    assert not created_again
-    assert second.job_id == first.job_id == "a"
-    assert queue.huey.pending_count() == 1
-    assert queue.get("a").state is JobState.QUEUED
-    assert queue.counts()[JobState.QUEUED] == 1
+    check_submit_is_idempotent(make_queue(tmp_path), tmp_path)
 
 
 def test_unknown_job_raises_a_named_error(tmp_path: Path) -> None:
@@ -117,24 +101,7 @@ def test_a_queue_without_handler_refuses_to_execute(tmp_path: Path) -> None:
 
 
 def test_reaper_requeues_an_expired_lease_and_counts_the_attempt(tmp_path: Path) -> None:
-    queue = make_queue(tmp_path, lease_seconds=0.05, retries=1)
-    queue.submit(make_spec(tmp_path), "k")
-    queue.huey.flush()  # the message was taken by a worker that then died holding the job
-    queue.claim("job1", "dead-worker")
-    assert queue.reap_expired(utcnow() - timedelta(seconds=1)) == []  # lease still valid
-    time.sleep(0.1)
-    (reaped,) = queue.reap_expired()
-    assert reaped.state is JobState.QUEUED
-    assert reaped.attempts == 1
-    assert "lease" in (reaped.last_error or "")
-    assert queue.huey.pending_count() + queue.huey.scheduled_count() == 1
-    assert queue.renew("job1", "dead-worker") is False
-    # Second death: out of attempts, the job fails instead of looping.
-    queue.claim("job1", "dead-again")
-    time.sleep(0.1)
-    (reaped,) = queue.reap_expired()
-    assert reaped.state is JobState.FAILED
-    assert reaped.attempts == 2
+    check_reaper_requeues_then_fails(make_queue(tmp_path, lease_seconds=0.05, retries=1), tmp_path)
 
 
 def test_renew_extends_the_lease(tmp_path: Path) -> None:
@@ -147,16 +114,7 @@ def test_renew_extends_the_lease(tmp_path: Path) -> None:
 
 
 def test_complete_twice_is_a_no_op(tmp_path: Path) -> None:
-    queue = make_queue(tmp_path)
-    queue.submit(make_spec(tmp_path), "k")
-    queue.claim("job1", "t")
-    record, changed = queue.complete("job1", JobOutput(summary={"n": 1}), tmp_path / "out")
-    again, changed_again = queue.complete("job1", JobOutput(summary={"n": 2}), tmp_path / "other")
-    assert changed
-    assert not changed_again
-    assert record.state is again.state is JobState.DONE
-    assert again.output.summary == {"n": 1}
-    assert len(queue.durations()) == 1
+    check_complete_twice_is_a_no_op(make_queue(tmp_path), tmp_path)
 
 
 def test_ping_reports_a_reachable_sqlite_queue(tmp_path: Path) -> None:

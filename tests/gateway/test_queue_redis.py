@@ -6,34 +6,35 @@ its own queue name, so tests do not see each other's jobs. Skips when redis-serv
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.gateway.dicom_peers import free_port
-from tests.gateway.test_worker import (
-    blocking_processor,
+from tests.gateway.dicom_peers import free_port, stop_process
+from tests.gateway.job_fakes import (
+    check_complete_twice_is_a_no_op,
+    check_job_survives_kill_9,
+    check_reaper_requeues_then_fails,
+    check_submit_is_idempotent,
     failing_processor,
     finished,
     flaky_processor,
+    make_spec,
     submit,
     wait_for,
+    worker_threads,
     writing_processor,
 )
-from vesalius.gateway.audit import AuditLog
-from vesalius.gateway.jobs import JobOutput, JobSpec, JobState, utcnow
+from vesalius.gateway.jobs import JobState
 from vesalius.gateway.queue import JobQueue, QueueSettings
-from vesalius.gateway.worker import OUTPUT_MANIFEST, PARTIAL_DIR, WorkerPool, run_worker
+from vesalius.gateway.worker import OUTPUT_MANIFEST
 
 HOST = "127.0.0.1"
 
@@ -67,13 +68,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         client.close()
         yield url
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process)
         log.close()
 
 
@@ -95,35 +90,11 @@ def settings(redis_url: str, tmp_path: Path) -> Callable[..., QueueSettings]:
     return make
 
 
-def spec(tmp_path: Path, job_id: str = "job1") -> JobSpec:
-    return JobSpec(
-        job_id=job_id,
-        kind="dicom-study",
-        study_instance_uid="1.2.3",
-        input_folder=tmp_path / job_id,
-        models=["lung"],
-        requester="STORESCU",
-    )
-
-
 @pytest.fixture
 def in_thread_worker(tmp_path: Path, settings: Callable[..., QueueSettings]) -> Iterator[Callable[..., JobQueue]]:
     """run_worker in a thread on its own JobQueue handle; returns a second handle, as the API would hold."""
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def start(processor: Callable[[JobSpec, Path], JobOutput], **overrides: object) -> JobQueue:
-        worker_queue = JobQueue(settings(**overrides))
-        kwargs = {"stop_event": stop, "poll_seconds": 0.02, "audit": AuditLog(tmp_path / "audit.jsonl")}
-        thread = threading.Thread(target=run_worker, args=(worker_queue, processor, tmp_path / "out"), kwargs=kwargs)
-        thread.start()
-        threads.append(thread)
-        return JobQueue(settings(**overrides))
-
-    yield start
-    stop.set()
-    for thread in threads:
-        thread.join(10)  # a blocking dequeue returns within huey's 1 s read timeout
+    with worker_threads(tmp_path, settings) as start:
+        yield start
 
 
 # --- the job table and messages --------------------------------------------------------------------------------------
@@ -132,23 +103,15 @@ def in_thread_worker(tmp_path: Path, settings: Callable[..., QueueSettings]) -> 
 def test_ping_submit_is_idempotent_and_enqueues_once(settings, tmp_path: Path) -> None:
     queue = JobQueue(settings())
     queue.ping()
-    first, created = queue.submit(spec(tmp_path, "a"), "key-1")
-    second, created_again = queue.submit(spec(tmp_path, "b"), "key-1")
-    assert created
-    assert not created_again
-    assert second.job_id == first.job_id == "a"
-    assert queue.huey.pending_count() == 1
-    assert queue.get("a").state is JobState.QUEUED
-    counts = queue.counts()
-    assert counts[JobState.QUEUED] == 1
-    assert sum(counts.values()) == 1
+    check_submit_is_idempotent(queue, tmp_path)
+    assert sum(queue.counts().values()) == 1
     other = JobQueue(settings())  # another process's handle sees the same table
     assert other.get("a").idempotency_key == "key-1"
 
 
 def test_a_failed_job_frees_its_key_and_counts_follow_the_states(settings, tmp_path: Path) -> None:
     queue = JobQueue(settings(retries=1))
-    queue.submit(spec(tmp_path, "a"), "key-1")
+    queue.submit(make_spec(tmp_path, "a"), "key-1")
     assert queue.claim("a", "t1") is not None
     assert queue.claim("a", "t2") is None
     assert queue.counts()[JobState.RUNNING] == 1
@@ -158,29 +121,20 @@ def test_a_failed_job_frees_its_key_and_counts_follow_the_states(settings, tmp_p
     assert queue.attempt_failed("a", "wrong-token", "x") is None
     assert queue.attempt_failed("a", "t3", "boom again").state is JobState.FAILED
     assert queue.counts() == {JobState.QUEUED: 0, JobState.RUNNING: 0, JobState.DONE: 0, JobState.FAILED: 1}
-    record, created = queue.submit(spec(tmp_path, "b"), "key-1")
+    record, created = queue.submit(make_spec(tmp_path, "b"), "key-1")
     assert created
     assert record.job_id == "b"
-    assert queue.submit(spec(tmp_path, "c"), "key-1")[1] is False  # the key now belongs to b
+    assert queue.submit(make_spec(tmp_path, "c"), "key-1")[1] is False  # the key now belongs to b
 
 
 def test_complete_twice_is_a_no_op_and_durations_are_kept(settings, tmp_path: Path) -> None:
-    queue = JobQueue(settings())
-    queue.submit(spec(tmp_path), "k")
-    queue.claim("job1", "t")
-    record, changed = queue.complete("job1", JobOutput(summary={"n": 1}), tmp_path / "out")
-    again, changed_again = queue.complete("job1", JobOutput(summary={"n": 2}), tmp_path / "other")
-    assert changed
-    assert not changed_again
-    assert again.output.summary == {"n": 1}
-    assert queue.durations() == [pytest.approx(record.duration_seconds)]
-    assert queue.counts()[JobState.DONE] == 1
+    check_complete_twice_is_a_no_op(JobQueue(settings()), tmp_path)
 
 
 def test_concurrent_updates_of_one_job_are_not_lost(settings, tmp_path: Path) -> None:
     """Optimistic transactions retry on conflict: N threads each add one attempt, N attempts result."""
     queue = JobQueue(settings())
-    queue.submit(spec(tmp_path), "k")
+    queue.submit(make_spec(tmp_path), "k")
 
     def bump() -> None:
         for _ in range(10):
@@ -195,25 +149,7 @@ def test_concurrent_updates_of_one_job_are_not_lost(settings, tmp_path: Path) ->
 
 
 def test_reaper_requeues_an_expired_lease_then_fails_the_job(settings, tmp_path: Path) -> None:
-    queue = JobQueue(settings(lease_seconds=0.05, retries=1))
-    queue.submit(spec(tmp_path), "k")
-    queue.huey.flush()  # the message was taken by a worker that then died holding the job
-    queue.claim("job1", "dead-worker")
-    assert queue.reap_expired(utcnow() - timedelta(seconds=1)) == []
-    time.sleep(0.1)
-    (reaped,) = queue.reap_expired()
-    assert reaped.state is JobState.QUEUED
-    assert reaped.attempts == 1
-    assert "lease" in (reaped.last_error or "")
-    assert queue.huey.pending_count() + queue.huey.scheduled_count() == 1
-    assert queue.renew("job1", "dead-worker") is False
-    assert queue.counts()[JobState.QUEUED] == 1
-    queue.claim("job1", "dead-again")
-    time.sleep(0.1)
-    (reaped,) = queue.reap_expired()
-    assert reaped.state is JobState.FAILED
-    assert reaped.attempts == 2
-    assert queue.store.by_state(JobState.RUNNING) == []
+    check_reaper_requeues_then_fails(JobQueue(settings(lease_seconds=0.05, retries=1)), tmp_path)
 
 
 # --- workers on the redis backend ------------------------------------------------------------------------------------
@@ -255,31 +191,4 @@ def test_a_job_that_always_fails_stops_after_its_retries(in_thread_worker, tmp_p
 
 
 def test_a_job_survives_kill_9_of_its_worker_and_completes_once(settings, tmp_path: Path) -> None:
-    queue_settings = settings(lease_seconds=1.0, retry_delay_seconds=0.1, retries=2)
-    queue = JobQueue(queue_settings)
-    audit_path = tmp_path / "audit.jsonl"
-    pool = WorkerPool(1, queue_settings, blocking_processor, tmp_path / "out", audit_path=audit_path, poll_seconds=0.1)
-    job = submit(queue, tmp_path)
-    pool.start()
-    try:
-        started = job.input_folder / "started"
-        wait_for(started.exists, timeout=60, what="the worker to start the job")
-        pid = int(started.read_text())
-        assert pid in pool.pids
-        assert queue.get("job1").state is JobState.RUNNING
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: pool.ensure_alive() == 1, timeout=10, what="the pool to notice the dead worker")
-        (job.input_folder / "release").touch()
-        wait_for(finished(queue), timeout=60, what="the job to complete on the new worker")
-    finally:
-        pool.stop(timeout=10)
-    record = queue.get("job1")
-    assert record.state is JobState.DONE
-    assert record.attempts == 2
-    runs = job.input_folder.with_name("job1.runs").read_text().splitlines()
-    assert len(runs) == 1
-    assert runs[0] != str(pid)
-    assert not list((tmp_path / "out" / PARTIAL_DIR).iterdir())
-    (entry,) = AuditLog(audit_path).read()
-    assert entry.outcome == "done"
-    assert entry.attempts == 2
+    check_job_survives_kill_9(settings(lease_seconds=1.0, retry_delay_seconds=0.1, retries=2), tmp_path)

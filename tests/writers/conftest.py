@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from tests import dicom_factory as factory
+from tests.http_server import fhir_server  # noqa: F401 (a fixture, offered to the FHIR tests here)
 from vesalius.core.results import ModelIdentity, SegmentationResult
 from vesalius.core.volume import DicomIdentity, Volume
 

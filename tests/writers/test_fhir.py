@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +10,7 @@ import numpy as np
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from tests.http_server import FhirServer
 from tests.writers.conftest import model
 from vesalius.core.errors import InputError
 from vesalius.core.results import (
@@ -133,60 +130,11 @@ def test_a_naive_issue_time_is_refused() -> None:
         diagnostic_report_bundle(_results(), study_instance_uid=STUDY, issued=dt.datetime(2024, 1, 1))
 
 
-class _FhirServer:
-    """A loopback HTTP server that answers each POST with the next scripted status and records the bodies."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.bodies: list[bytes] = []
-        self.content_types: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                server.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                server.content_types.append(self.headers["Content-Type"])
-                status = server.statuses[min(len(server.bodies), len(server.statuses)) - 1]
-                body = json.dumps({"resourceType": "Bundle", "type": "transaction-response"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Silent."""
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fhir"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
-@pytest.fixture
-def fhir_server() -> Iterator[type[_FhirServer]]:
-    started: list[_FhirServer] = []
-
-    class Started(_FhirServer):
-        def __init__(self, statuses: list[int]) -> None:
-            super().__init__(statuses)
-            started.append(self)
-
-    yield Started
-    for server in started:
-        server.close()
-
-
 def _bundle() -> Bundle:
     return diagnostic_report_bundle(_results(), study_instance_uid=STUDY, issued=ISSUED)
 
 
-def test_post_retries_server_errors_then_succeeds(fhir_server: type[_FhirServer]) -> None:
+def test_post_retries_server_errors_then_succeeds(fhir_server: type[FhirServer]) -> None:
     server = fhir_server([503, 502, 200])
     response = post_bundle(_bundle(), server.url, timeout=5, retries=3, backoff_s=0.01)
     assert response["type"] == "transaction-response"
@@ -195,21 +143,21 @@ def test_post_retries_server_errors_then_succeeds(fhir_server: type[_FhirServer]
     assert Bundle.model_validate_json(server.bodies[-1]).type == "transaction"
 
 
-def test_post_gives_up_after_the_allowed_retries(fhir_server: type[_FhirServer]) -> None:
+def test_post_gives_up_after_the_allowed_retries(fhir_server: type[FhirServer]) -> None:
     server = fhir_server([500])
     with pytest.raises(FhirDeliveryError, match=r"no success after 3 attempts.*HTTP 500"):
         post_bundle(_bundle(), server.url, timeout=5, retries=2, backoff_s=0.01)
     assert len(server.bodies) == 3
 
 
-def test_post_does_not_retry_a_refusal(fhir_server: type[_FhirServer]) -> None:
+def test_post_does_not_retry_a_refusal(fhir_server: type[FhirServer]) -> None:
     server = fhir_server([400, 200])
     with pytest.raises(FhirDeliveryError, match="refused the bundle: HTTP 400"):
         post_bundle(_bundle(), server.url, timeout=5, retries=3, backoff_s=0.01)
     assert len(server.bodies) == 1
 
 
-def test_post_to_an_unreachable_endpoint_fails_clearly(fhir_server: type[_FhirServer]) -> None:
+def test_post_to_an_unreachable_endpoint_fails_clearly(fhir_server: type[FhirServer]) -> None:
     server = fhir_server([200])
     url = server.url
     server.close()

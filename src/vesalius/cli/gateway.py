@@ -23,8 +23,6 @@ from vesalius.gateway.queue import JobQueue
 from vesalius.gateway.service import GatewayService, SubmittedStudy, queue_settings, submit_ready_study
 from vesalius.gateway.studies import StudyTracker
 
-MB = 1024 * 1024
-
 
 def build_processor(config: GatewayConfig) -> tuple[Processor, dict[str, str]]:
     """The processor the workers run, and the model hashes for idempotency keys.
@@ -57,9 +55,9 @@ def api_factory(config: GatewayConfig, model_hashes: dict[str, str]) -> Callable
         api_keys=config.api.api_keys,
         upload_root=config.storage.uploads,
         output_root=config.storage.results,
-        max_upload_bytes=config.api.max_upload_mb * MB,
+        max_upload_bytes=config.api.max_upload_bytes,
         max_upload_files=config.api.max_upload_files,
-        min_free_bytes=config.dicom.min_free_mb * MB,
+        min_free_bytes=config.dicom.min_free_bytes,
         model_hashes=model_hashes,
     )
     return lambda queue: create_app(settings, queue)
@@ -108,7 +106,7 @@ def pull(
     query = find_study(peer, study_uid, calling_ae=calling_ae, timeout=30.0)
     if not query.found:
         raise InputError(f"study {study_uid}: {peer} has no such study")
-    store = InstanceStore(config.storage.instances, config.dicom.min_free_mb * MB)
+    store = InstanceStore(config.storage.instances, config.dicom.min_free_bytes)
     report = pull_study(peer, study_uid, store, method="get", calling_ae=calling_ae, timeout=max(timeout, 60.0))
     if not report.stored:
         raise VesaliusError(f"study {study_uid}: {peer} sent no instance (C-GET status 0x{report.status:04X})")

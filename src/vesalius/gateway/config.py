@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+MB = 1024 * 1024
 
 
 class ConfigError(InputError):
@@ -64,6 +65,10 @@ class DicomConfig(_Section):
     allowed_calling_aes: list[str] | None = None
     """Leave out to accept any calling AE title (only sensible on a closed network)."""
     min_free_mb: int = Field(default=1024, ge=0)
+
+    @property
+    def min_free_bytes(self) -> int:
+        return self.min_free_mb * MB
 
     @field_validator("ae_title")
     @classmethod
@@ -156,6 +161,10 @@ class ApiConfig(_Section):
     api_keys: dict[str, str] = Field(default_factory=dict)
     max_upload_mb: int = Field(default=2048, gt=0)
     max_upload_files: int = Field(default=5000, gt=0)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * MB
 
     @field_validator("api_keys")
     @classmethod

@@ -45,7 +45,6 @@ ApiFactory = Callable[[JobQueue], Any]
 """Builds the ASGI application served next to the listener (``vesalius.cli.gateway`` passes the REST API)."""
 
 _JOIN_SECONDS = 10.0
-MB = 1024 * 1024
 
 
 def queue_settings(config: GatewayConfig) -> QueueSettings:
@@ -67,7 +66,7 @@ def scp_settings(config: GatewayConfig) -> ScpSettings:
         host=d.host,
         port=d.port,
         allowed_calling_aes=d.allowed_calling_aes,
-        min_free_bytes=d.min_free_mb * MB,
+        min_free_bytes=d.min_free_bytes,
     )
 
 
@@ -186,7 +185,7 @@ class GatewayService:
         """Model name -> package hash (ModelRegistry.hashes()): part of every idempotency key."""
         self.routing = config.routing
         self.poll_seconds = poll_seconds or min(0.5, config.study.quiet_seconds / 4)
-        self.store = InstanceStore(config.storage.instances, config.dicom.min_free_mb * MB)
+        self.store = InstanceStore(config.storage.instances, config.dicom.min_free_bytes)
         self.tracker = StudyTracker(config.study.quiet_seconds)
         self.queue: JobQueue | None = None
         self.scp: StorageSCP | None = None

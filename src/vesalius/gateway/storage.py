@@ -548,12 +548,16 @@ def _check_fragments(value: bytes | None, little_endian: bool, sop: str) -> None
         raise MalformedInstanceError(sop, "encapsulated Pixel Data has no fragments")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a new file or subfolder, a rename) durable."""
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+_fsync_dir = fsync_dir  # looked up at call time below, so a test may patch it
 
 
 def _make_dirs_durably(folder: Path, root: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Protocol
 from vesalius.gateway.audit import AuditLog, Scrubber, safe_log
 from vesalius.gateway.jobs import JobAttemptError, JobOutput, JobRecord, JobState, Processor
 from vesalius.gateway.queue import JobQueue, QueueSettings
+from vesalius.gateway.storage import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,6 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_manifest(folder: Path, output: JobOutput) -> None:
     missing = [f.name for f in output.files if not (folder / f.name).is_file()]
     if missing:
@@ -99,7 +92,7 @@ def _publish(partial_dir: Path, final: Path) -> bool:
             shutil.rmtree(partial_dir, ignore_errors=True)
             return False
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return True
 
 

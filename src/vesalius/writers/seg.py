@@ -28,6 +28,7 @@ from vesalius.writers.uids import derived_uid
 __all__ = [
     "MANUFACTURER",
     "algorithm_identification",
+    "coded_concept",
     "match_source_slices",
     "segment_codes",
     "segmentation_to_seg",
@@ -55,13 +56,14 @@ def segment_codes(label_name: str) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConce
     keyword = "".join(word.capitalize() for word in re.split(r"[^A-Za-z0-9]+", label_name) if word)
     keyword = _ALIASES.get(keyword, keyword)
     if keyword in _ANATOMY:
-        return _concept(codes.SCT.AnatomicalStructure), _concept(getattr(codes.SCT, keyword))
+        return coded_concept(codes.SCT.AnatomicalStructure), coded_concept(getattr(codes.SCT, keyword))
     if keyword in _ABNORMALITY:
-        return _concept(codes.SCT.MorphologicallyAbnormalStructure), _concept(getattr(codes.SCT, keyword))
-    return _concept(codes.SCT.Tissue), _concept(codes.SCT.Tissue)
+        return coded_concept(codes.SCT.MorphologicallyAbnormalStructure), coded_concept(getattr(codes.SCT, keyword))
+    return coded_concept(codes.SCT.Tissue), coded_concept(codes.SCT.Tissue)
 
 
-def _concept(code: Code) -> hd.sr.CodedConcept:
+def coded_concept(code: Code) -> hd.sr.CodedConcept:
+    """A pydicom ``Code`` as a highdicom ``CodedConcept`` (value, scheme, meaning; no scheme version)."""
     return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme_designator, meaning=code.meaning)
 
 

@@ -14,7 +14,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 
 from vesalius.core.errors import InputError
 from vesalius.core.results import (
@@ -25,7 +24,7 @@ from vesalius.core.results import (
     Result,
     SegmentationResult,
 )
-from vesalius.writers.seg import MANUFACTURER, segment_codes
+from vesalius.writers.seg import MANUFACTURER, coded_concept, segment_codes
 from vesalius.writers.uids import derived_uid
 
 __all__ = [
@@ -49,10 +48,6 @@ Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasure
 """A measurement group of TID 1501 (image level) or TID 1411 (volumetric ROI)."""
 
 
-def _concept(code: Code) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme_designator, meaning=code.meaning)
-
-
 def class_concept(name: str) -> hd.sr.CodedConcept:
     """A model's class name as a private code: the name itself when short, else a stable hash of it."""
     value = name if 0 < len(name) <= 16 and "\\" not in name else hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -74,7 +69,7 @@ def _observation_context(model: ModelIdentity) -> hd.sr.ObservationContext:
     )
     return hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
-            observer_type=_concept(codes.cid270.Device), observer_identifying_attributes=device
+            observer_type=coded_concept(codes.cid270.Device), observer_identifying_attributes=device
         )
     )
 
@@ -164,7 +159,7 @@ def segmentation_to_sr(
         tracking = hd.sr.TrackingIdentifier(
             uid=derived_uid(series_uid, result.model.sha256, "sr-label", str(index)), identifier=name[:64]
         )
-        volume = [_measurement(_concept(codes.SCT.Volume), volumes[name], _MILLILITRE, result.model)]
+        volume = [_measurement(coded_concept(codes.SCT.Volume), volumes[name], _MILLILITRE, result.model)]
         finding_type = segment_codes(name)[1]
         if seg is None:
             group: Group = hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -200,11 +195,13 @@ def _nodule_group(
     """One nodule: its centre as an SCOORD3D point in the source frame of reference, and its measurements."""
     model = result.model
     measurements = [
-        _measurement(_concept(codes.SCT.Diameter), finding.diameter_mm, _MILLIMETRE, model),
-        _measurement(_concept(codes.DCM.Probability), finding.probability, _NO_UNITS, model),
+        _measurement(coded_concept(codes.SCT.Diameter), finding.diameter_mm, _MILLIMETRE, model),
+        _measurement(coded_concept(codes.DCM.Probability), finding.probability, _NO_UNITS, model),
     ]
     if finding.malignancy is not None:
-        measurements.append(_measurement(_concept(codes.DCM.ProbabilityOfCancer), finding.malignancy, _NO_UNITS, model))
+        measurements.append(
+            _measurement(coded_concept(codes.DCM.ProbabilityOfCancer), finding.malignancy, _NO_UNITS, model)
+        )
     centre = hd.sr.VolumeSurface(
         graphic_type=hd.sr.GraphicTypeValues3D.POINT,
         graphic_data=np.array([finding.centre], dtype=np.float64),
@@ -217,7 +214,7 @@ def _nodule_group(
             identifier=f"nodule {rank}",
         ),
         referenced_volume_surface=centre,
-        finding_type=_concept(codes.SCT.Nodule),
+        finding_type=coded_concept(codes.SCT.Nodule),
         algorithm_id=_algorithm(model),
         measurements=measurements,
     )
@@ -231,10 +228,10 @@ def _no_nodule_group(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derived_uid(result.series_instance_uid, result.model.sha256, "sr-no-nodule"), identifier="no nodule"
         ),
-        finding_type=_concept(codes.SCT.Nodule),
+        finding_type=coded_concept(codes.SCT.Nodule),
         algorithm_id=_algorithm(result.model),
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=_concept(codes.SCT.Nodule), value=_concept(codes.SCT.Absent))
+            hd.sr.QualitativeEvaluation(name=coded_concept(codes.SCT.Nodule), value=coded_concept(codes.SCT.Absent))
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in evidence],
     )
@@ -287,7 +284,7 @@ def classification_to_sr(
                     ),
                     finding_type=class_concept(label),
                     algorithm_id=_algorithm(model),
-                    measurements=[_measurement(_concept(codes.DCM.Probability), probability, _NO_UNITS, model)],
+                    measurements=[_measurement(coded_concept(codes.DCM.Probability), probability, _NO_UNITS, model)],
                     source_images=source_images,
                 )
             )
@@ -300,7 +297,9 @@ def classification_to_sr(
             algorithm_id=_algorithm(model),
             measurements=grade or None,
             qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(name=_concept(codes.DCM.Finding), value=class_concept(result.predicted))
+                hd.sr.QualitativeEvaluation(
+                    name=coded_concept(codes.DCM.Finding), value=class_concept(result.predicted)
+                )
             ],
             source_images=source_images,
         )
