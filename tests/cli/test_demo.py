@@ -23,12 +23,9 @@ CHEST = get_testdata_file("RG1_UNCR.dcm", download=False)
 def test_demo_runs_the_chest_radiograph_through_the_gateway(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     threads_before = {thread.ident for thread in threading.enumerate()}
     out = tmp_path / "demo"
-    started = time.monotonic()
-
     assert demo.main([str(out)]) == 0, capsys.readouterr().err
 
     printed = capsys.readouterr().out
-    assert time.monotonic() - started < demo.TIMEOUT_SECONDS
     chest_study = str(pydicom.dcmread(str(CHEST), stop_before_pixels=True).StudyInstanceUID)
     received = [pydicom.dcmread(path, stop_before_pixels=True) for path in (out / "pacs").rglob("*.dcm")]
     assert [(ds.Modality, str(ds.StudyInstanceUID)) for ds in received] == [("SR", chest_study)]

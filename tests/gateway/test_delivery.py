@@ -4,7 +4,6 @@ after bounded retries so the queue retries the job; the processor delivers at th
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -86,10 +85,8 @@ def test_an_unreachable_pacs_fails_after_the_bounded_retries(job_folder: tuple[P
     settings = DeliverySettings(
         dicom_destination=f"PACS@127.0.0.1:{free_port()}", dicom_retries=2, dicom_backoff_seconds=0.01
     )
-    start = time.monotonic()
     with pytest.raises(DicomPeerError, match="not sent after 3 attempts"):
         deliver(out, output, settings)
-    assert time.monotonic() - start < 20
 
 
 def test_the_bundle_is_posted_to_the_fhir_server(job_folder: tuple[Path, JobOutput], fhir_ok: FhirServer) -> None:
