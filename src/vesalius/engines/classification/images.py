@@ -23,11 +23,14 @@ from vesalius.engines.classification.dataset import (
     ClassificationDataset,
     ImageSource,
     Item,
+    is_image_file,
 )
+from vesalius.engines.classification.plan import ClassificationPlan
 
+_EPSILON = 1e-6
 _LUMA = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
 
-__all__ = ["load_image", "resize"]
+__all__ = ["input_sources", "load_image", "normalise", "prepare_image", "prepare_images", "resize"]
 
 
 @lru_cache(maxsize=4)
@@ -148,4 +151,55 @@ def resize(array: npt.NDArray[np.float32], size: Sequence[int]) -> npt.NDArray[n
     return np.stack(channels).astype(np.float32, copy=False)
 
 
+def normalise(pixels: npt.NDArray[np.float32], scheme: str) -> npt.NDArray[np.float32]:
+    """Per image: z-score over every pixel, or divide by the 8-bit maximum."""
+    if scheme == "unit":
+        scaled: npt.NDArray[np.float32] = pixels / np.float32(255.0)
+        return scaled
+    standard: npt.NDArray[np.float32] = (pixels - pixels.mean()) / np.float32(max(float(pixels.std()), _EPSILON))
+    return standard
+
+
+def prepare_image(pixels: npt.NDArray[np.float32], plan: ClassificationPlan) -> npt.NDArray[np.float32]:
+    """Channels to the plan's count, 2.5-D slab from the central slices, resize, normalise."""
+    if pixels.shape[0] != plan.channels:
+        pixels = pixels.mean(axis=0, keepdims=True) if plan.channels == 1 else np.repeat(pixels[:1], plan.channels, 0)
+    if plan.slices > 1:
+        if pixels.ndim != 4:
+            raise InputError(f"2.5-D needs volumes; got an image of shape {pixels.shape[1:]}")
+        centre, half = pixels.shape[1] // 2, plan.slices // 2
+        indices = np.clip(np.arange(centre - half, centre + half + 1), 0, pixels.shape[1] - 1)
+        pixels = pixels[0, indices]
+    if pixels.ndim - 1 != len(plan.input_size):
+        raise InputError(f"the plan takes {len(plan.input_size)}-D inputs; got shape {pixels.shape[1:]}")
+    return normalise(resize(pixels, plan.input_size), plan.normalization)
+
+
+def prepare_images(sources: Sequence[ImageSource], plan: ClassificationPlan) -> npt.NDArray[np.float32]:
+    return np.stack([prepare_image(load_image(source), plan) for source in sources]).astype(np.float32)
+
+
 # -------------------------------------------------------------------------------------------------- splits
+
+
+def input_sources(inputs: Sequence[Path | str]) -> list[tuple[str, ImageSource]]:
+    """Each input file; each image file in a folder of images (a folder of DICOM without suffixes is one volume);
+    every image of each ``*_images`` array of a .npz (named ``file:array:index``)."""
+    sources: list[tuple[str, ImageSource]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        if path.suffix.lower() == ".npz":
+            with np.load(path) as archive:
+                arrays = [(key, len(archive[key])) for key in archive.files if key.endswith("_images")]
+            if not arrays:
+                raise InputError(f"{path}: no '*_images' arrays in the .npz")
+            sources += [
+                (str(ImageSource(path, key, i)), ImageSource(path, key, i)) for key, n in arrays for i in range(n)
+            ]
+        elif path.is_dir() and (images := sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))):
+            sources += [(str(image), ImageSource(image)) for image in images]  # a folder of images
+        else:
+            sources.append((str(path), ImageSource(path)))  # an image file, or a DICOM series folder as a volume
+    return sources

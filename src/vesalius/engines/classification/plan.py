@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vesalius.core.errors import PlanFileError
-from vesalius.engines.classification.networks import NetworkSpec, head_sizes
+from vesalius.engines.classification.spec import NetworkSpec, head_sizes
 from vesalius.engines.common.plan_file import load_plan, save_plan
 
 PLAN_VERSION = 1

@@ -15,39 +15,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from scipy import ndimage
 
 from vesalius.core.errors import InputError
 from vesalius.core.volume import Volume
 from vesalius.engines.common.package import ModelPackage, load_package
 from vesalius.engines.common.plan import SegmentationPlan
 from vesalius.engines.common.precision import autocast_dtype
+from vesalius.engines.segmentation.postprocess import keep_largest_component, output_name
 from vesalius.engines.segmentation.preprocess import preprocess_image
 from vesalius.engines.segmentation.sliding_window import sliding_window_probabilities
 from vesalius.io import read_volume, write_nifti
-from vesalius.io.nifti import is_nifti
 from vesalius.transforms import invert
 
 __all__ = ["Predictor", "keep_largest_component", "predict_files"]
-
-
-def keep_largest_component(labels: npt.NDArray[Any], classes: Sequence[int]) -> npt.NDArray[Any]:
-    """Set all but the largest connected component (26-connectivity) of each listed class to background."""
-    result = labels.copy()
-    structure = np.ones((3, 3, 3), dtype=bool)
-    for value in classes:
-        components, count = ndimage.label(labels == value, structure=structure)
-        if count <= 1:
-            continue
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        result[(components != 0) & (components != int(np.argmax(sizes)))] = 0
-    return result
 
 
 class Predictor:
@@ -99,7 +83,7 @@ class Predictor:
             network.load_state_dict(package.state_dict())  # safetensors: no unpickling
             self.networks.append(network.to(self.device).eval())
 
-    def _model_space(self, volume: Volume) -> tuple[Volume, torch.Tensor]:
+    def model_space(self, volume: Volume) -> tuple[Volume, torch.Tensor]:
         """The preprocessed image and the ensemble-mean probabilities (1, K, i, j, k) on its grid."""
         prepared = preprocess_image(volume, self.plan)
         image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.array, -1, 0)))[None]
@@ -124,7 +108,7 @@ class Predictor:
 
     def _input_grid_channels(self, volume: Volume) -> Iterator[npt.NDArray[np.float32]]:
         """Each class's probability on the input grid, one at a time (linear sampling back)."""
-        prepared, probabilities = self._model_space(volume)
+        prepared, probabilities = self.model_space(volume)
         steps = len(prepared.history) - len(volume.history)  # undo only what preprocessing added
         for channel in range(probabilities.shape[1]):
             model_space = prepared.with_array(probabilities[0, channel].numpy())
@@ -153,15 +137,6 @@ class Predictor:
         return volume.with_array(labels)
 
 
-def _output_name(source: Path) -> str:
-    """NIfTI inputs keep their file name; DICOM folders and other formats become ``<name>.nii.gz``."""
-    if source.is_file() and is_nifti(source):
-        return source.name
-    if source.is_dir():
-        return f"{source.name}.nii.gz"
-    return f"{source.name.split('.')[0]}.nii.gz"
-
-
 def predict_files(
     package_dirs: Sequence[Path | str],
     inputs: Sequence[Path | str],
@@ -186,7 +161,7 @@ def predict_files(
     )
     output = Path(output_dir)
     sources = [Path(item) for item in inputs]
-    names = [_output_name(source) for source in sources]
+    names = [output_name(source) for source in sources]
     if len(set(names)) != len(names):
         raise InputError(f"inputs would overwrite each other's output in {output}: {sorted(names)}")
     written: list[Path] = []

@@ -18,49 +18,17 @@ Memory: the padded input (C x N) plus the K x N float32 output, nothing else of 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from vesalius.core.errors import InputError
+from vesalius.engines.segmentation.windows import SIGMA_SCALE, gaussian_weights, mirror_sets, window_starts
 
-__all__ = ["gaussian_weights", "mirror_sets", "sliding_window_probabilities", "window_starts"]
+__all__ = ["SIGMA_SCALE", "gaussian_weights", "mirror_sets", "sliding_window_probabilities", "window_starts"]
 
-SIGMA_SCALE = 1.0 / 8.0
 _SOFTMAX_SLAB_VOXELS = 1 << 24
-
-
-def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Start indices along one axis: the fewest windows with steps of at most (1 - overlap) * patch."""
-    if not 0.0 <= overlap < 1.0:
-        raise InputError(f"overlap must be in [0, 1); got {overlap}")
-    if size <= patch:
-        return [0]
-    largest_step = max(1, math.floor(patch * (1.0 - overlap)))  # whole voxels, so rounding cannot exceed it
-    count = math.ceil((size - patch) / largest_step) + 1
-    step = (size - patch) / (count - 1)
-    return [round(step * index) for index in range(count)]
-
-
-def gaussian_weights(patch: int, gaussian: bool = True) -> np.ndarray:
-    """One axis of the blending weight: a Gaussian peaking at 1 in the patch centre, or constant ones."""
-    if not gaussian:
-        return np.ones(patch, dtype=np.float64)
-    centre = (patch - 1) / 2.0
-    sigma = patch * SIGMA_SCALE
-    weights = np.exp(-((np.arange(patch) - centre) ** 2) / (2.0 * sigma**2))
-    floored: np.ndarray = np.maximum(weights, weights[weights > 0].min())
-    return floored
-
-
-def mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
-    """Every combination of the spatial axes, the empty one included (8 for three axes, as nnU-Net)."""
-    axes = sorted(set(int(a) for a in mirror_axes))
-    if any(a not in (0, 1, 2) for a in axes):
-        raise InputError(f"mirror_axes must be spatial axes 0, 1 or 2; got {list(mirror_axes)}")
-    return [combo for n in range(len(axes) + 1) for combo in itertools.combinations(axes, n)]
 
 
 def _weight_sums(size: int, patch: int, starts: list[int], weights: np.ndarray) -> torch.Tensor:
