@@ -333,11 +333,41 @@ def predict(
     overlap: Annotated[
         float, typer.Option(help="Overlap of neighbouring windows, 0 to <1; 0.5 as nnU-Net, lower is faster.")
     ] = 0.5,
+    explain_: Annotated[
+        bool, typer.Option("--explain", help="Also write Grad-CAM maps, overlays and a case report to OUTPUT/trust.")
+    ] = False,
+    uncertainty: Annotated[
+        bool, typer.Option("--uncertainty", help="Also write TTA uncertainty maps and scores to OUTPUT/trust.")
+    ] = False,
+    policy: Annotated[Path | None, typer.Option(help="Abstain-policy JSON: flag uncertain cases for review.")] = None,
+    backend: Annotated[
+        str, typer.Option(help="torch, onnxruntime (the package's model.onnx) or onnxruntime-int8 (model.int8.onnx).")
+    ] = "torch",
 ) -> None:
     """Segment each input with the model (or the ensemble of folds); each label map lies on its input's grid.
     A classification package writes OUTPUT/predictions.csv instead; a lung-nodule package writes
-    OUTPUT/nodules.csv and nodules.json (world LPS mm, diameter, probability) per chest CT."""
-    from vesalius.cli import classification, detection
+    OUTPUT/nodules.csv and nodules.json (world LPS mm, diameter, probability) per chest CT.
+    --explain and --uncertainty add OUTPUT/trust: maps, overlays, DICOM objects, case reports and trust.csv."""
+    from vesalius.cli import classification, deploy, detection, trust
+
+    if backend != "torch":
+        if backend not in ("onnxruntime", "onnxruntime-int8"):
+            raise typer.BadParameter(f"--backend must be torch, onnxruntime or onnxruntime-int8; got {backend!r}")
+        deploy.predict_onnx(model, inputs, output, backend.endswith("int8"), overlap, tta)
+        return
+    if explain_ or uncertainty:
+        trust.explain(
+            model,
+            inputs,
+            output / "trust",
+            method="gradcam" if explain_ else None,
+            layer=None,
+            sanity_check=explain_,
+            uncertainty="tta" if uncertainty else None,
+            passes=10,
+            policy=policy,
+            device=device,
+        )
 
     if classification.is_classification_package(model):
         classification.predict(model, inputs, output, device, precision)
@@ -367,6 +397,96 @@ def predict(
     typer.echo(f"{len(packages)} model package(s): {', '.join(str(p) for p in packages)}")
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+@app.command()
+@friendly_errors
+def explain(
+    model: Annotated[Path, typer.Argument(help="A classification or segmentation package (or fold_*/model folder).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images, volumes or DICOM folders, as for predict.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for maps, overlays, reports, trust.csv.")],
+    method: Annotated[
+        str, typer.Option(help="gradcam, gradcam++, occlusion, integrated_gradients, or none.")
+    ] = "gradcam",
+    layer: Annotated[str | None, typer.Option(help="Grad-CAM layer (dotted name); default: last conv stage.")] = None,
+    sanity_check: Annotated[
+        bool, typer.Option(help="Compare the map with a weight-randomised model's (Adebayo et al. 2018).")
+    ] = True,
+    uncertainty: Annotated[str, typer.Option(help="tta, mc_dropout, softmax (classification), or none.")] = "tta",
+    passes: Annotated[int, typer.Option(help="MC-dropout passes.")] = 10,
+    policy: Annotated[Path | None, typer.Option(help="Abstain-policy JSON: flag uncertain cases for review.")] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+) -> None:
+    """Explain each prediction, check the explanation, score its uncertainty, and write a case report per input:
+    NIfTI maps, PNG overlays, DICOM Parametric Map / Secondary Capture for DICOM inputs, HTML, trust.csv."""
+    from vesalius.cli import trust
+
+    trust.explain(
+        model,
+        inputs,
+        output,
+        method=None if method == "none" else method,
+        layer=layer,
+        sanity_check=sanity_check and method != "none",
+        uncertainty=None if uncertainty == "none" else uncertainty,
+        passes=passes,
+        policy=policy,
+        device=device,
+    )
+
+
+@app.command()
+@friendly_errors
+def export(
+    model: Annotated[Path, typer.Argument(help="A classification or segmentation model package.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Add model.onnx (dynamic batch and spatial axes).")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    tolerance: Annotated[float, typer.Option(help="Largest |ONNX - torch| logit difference accepted.")] = 1e-3,
+) -> None:
+    """Add an ONNX graph to the package, checked against torch on inputs of several sizes."""
+    from vesalius.cli import deploy
+
+    deploy.export(model, onnx, opset, tolerance)
+
+
+@app.command()
+@friendly_errors
+def quantize(
+    model: Annotated[Path, typer.Argument(help="A package with model.onnx (vesalius export --onnx).")],
+    calibration: Annotated[Path, typer.Option(help="Dataset to draw calibration inputs from (as for train).")],
+    int8: Annotated[bool, typer.Option("--int8", help="Static INT8, QDQ format.")] = False,
+    validation: Annotated[
+        Path | None, typer.Option(help="Labelled dataset for the accuracy gate; default: calibration items not drawn.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="Calibration: minmax, percentile or entropy.")] = "minmax",
+    count: Annotated[int, typer.Option(help="Calibration inputs (images or patches).")] = 64,
+    max_drop: Annotated[float, typer.Option(help="Largest metric drop accepted, in points (AUC or Dice x 100).")] = 1.0,
+) -> None:
+    """Quantise to INT8 with real calibration data; add model.int8.onnx only if the metric drop is within limit."""
+    from vesalius.cli import deploy
+
+    deploy.quantize(model, int8, calibration, validation, method, count, max_drop)
+
+
+@app.command()
+@friendly_errors
+def bench(
+    model: Annotated[Path, typer.Argument(help="A classification or segmentation model package.")],
+    backend: Annotated[
+        list[str] | None, typer.Option(help="torch, torch-bf16, onnxruntime, onnxruntime-int8; repeat; default all.")
+    ] = None,
+    input_size: Annotated[
+        list[int] | None, typer.Option(help="Spatial size, one per axis; default the plan's.")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Inputs per call.")] = 1,
+    runs: Annotated[int, typer.Option(help="Timed calls after 3 warm-up calls.")] = 20,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads; default the backend's.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the reports as JSON.")] = None,
+) -> None:
+    """Latency p50/p95, throughput and peak memory of the package's network per backend (warm-up excluded)."""
+    from vesalius.cli import deploy
+
+    deploy.bench(model, backend, input_size, batch, runs, threads, output)
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Trust: calibration, uncertainty and explanations of what a model relied on."""
