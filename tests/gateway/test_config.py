@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from vesalius.api.auth import hash_api_key
 from vesalius.gateway.config import ConfigError, GatewayConfig, load_config
@@ -130,3 +131,16 @@ def test_unreadable_and_invalid_toml_name_the_file(tmp_path: Path) -> None:
     broken = write(tmp_path, "[dicom\n")
     with pytest.raises(ConfigError, match=f"{broken}: not valid TOML"):
         load_config(broken)
+
+
+def test_the_worker_backend_is_read_and_the_command_line_overrides_it(tmp_path: Path) -> None:
+    from vesalius.cli.gateway import with_backend
+
+    file = tmp_path / "vesalius.toml"
+    file.write_text("[workers]\nbackend = 'onnxruntime'\n")
+    config = load_config(file)
+    assert config.workers.backend == "onnxruntime"
+    assert with_backend(config, "onnxruntime-int8").workers.backend == "onnxruntime-int8"
+    assert with_backend(config, None) is config
+    with pytest.raises(ValidationError):
+        with_backend(config, "tensorrt")

@@ -4,6 +4,7 @@ the source series' geometry and identity. Also holds the small study builders th
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests import dicom_factory as factory
 from tests.engines.segmentation.test_predict import make_package
-from vesalius.core.errors import PackageIntegrityError
+from vesalius.core.errors import InputError, PackageIntegrityError
 from vesalius.core.results import ClassificationResult, ModelIdentity, NoduleFinding, NoduleResult, SegmentationResult
 from vesalius.engines.classification.engine import Classifier
 from vesalius.engines.classification.networks import ClassificationNetwork
@@ -202,3 +203,27 @@ def test_a_tampered_package_is_refused(tmp_path: Path, seg_package: Path) -> Non
     (copy / "weights.safetensors").write_bytes(bytes(data))
     with pytest.raises(PackageIntegrityError):
         ModelRegistry({"seg": copy}).identity("seg")
+
+
+def test_the_onnx_backend_gives_the_torch_labels_and_picks_pickled_settings_up(
+    tmp_path: Path, seg_package: Path
+) -> None:
+    """[workers] backend = "onnxruntime": the package's model.onnx, the same label map, the same identity."""
+    from vesalius.deploy.onnx import export_onnx
+
+    exported = tmp_path / "seg"
+    shutil.copytree(seg_package, exported)
+    export_onnx(exported, exporters=("torchscript",))
+    ct = write_ct(tmp_path, generate_uid())
+    torch_result = ModelRegistry({"seg": exported}).run("seg", ct.folder)
+    registry = pickle.loads(pickle.dumps(ModelRegistry({"seg": exported}, backend="onnxruntime")))
+    onnx_result = registry.run("seg", ct.folder)
+    assert isinstance(torch_result, SegmentationResult)
+    assert isinstance(onnx_result, SegmentationResult)
+    assert registry.backend == "onnxruntime"
+    assert np.array_equal(onnx_result.labels.array, torch_result.labels.array)
+    assert onnx_result.labels.identity == torch_result.labels.identity
+    with pytest.raises(InputError, match=r"model\.int8\.onnx"):
+        ModelRegistry({"seg": exported}, backend="onnxruntime-int8").run("seg", ct.folder)
+    with pytest.raises(InputError, match="backend must be"):
+        ModelRegistry({"seg": exported}, backend="tensorrt")

@@ -24,6 +24,16 @@ from vesalius.gateway.service import GatewayService, SubmittedStudy, queue_setti
 from vesalius.gateway.studies import StudyTracker
 
 
+def with_backend(config: GatewayConfig, backend: str | None) -> GatewayConfig:
+    """``--backend`` overrides ``[workers] backend`` of the file, validated as the file's value is."""
+    if backend is None:
+        return config
+    from vesalius.gateway.config import WorkersConfig
+
+    workers = WorkersConfig.model_validate({**config.workers.model_dump(), "backend": backend})
+    return config.model_copy(update={"workers": workers})
+
+
 def build_processor(config: GatewayConfig) -> tuple[Processor, dict[str, str]]:
     """The processor the workers run, and the model hashes for idempotency keys.
 
@@ -34,7 +44,7 @@ def build_processor(config: GatewayConfig) -> tuple[Processor, dict[str, str]]:
     from vesalius.gateway.models import ModelRegistry
     from vesalius.gateway.processor import ProcessorSettings, StudyProcessor
 
-    registry = ModelRegistry(config.models)
+    registry = ModelRegistry(config.models, backend=config.workers.backend)
     hashes = registry.hashes()  # reads every manifest now: a missing or broken package fails at start, not per job
     delivery = DeliverySettings(
         dicom_destination=config.delivery.dicom,
@@ -67,9 +77,9 @@ def build_service(config: GatewayConfig, processor: Processor, model_hashes: dic
     return GatewayService(config, processor, model_hashes, api_factory=api_factory(config, model_hashes))
 
 
-def serve(config_path: Path) -> None:
+def serve(config_path: Path, backend: str | None = None) -> None:
     """Run the gateway until SIGINT or SIGTERM, then stop cleanly (current jobs finish or are re-run later)."""
-    config = load_config(config_path)
+    config = with_backend(load_config(config_path), backend)
     processor, hashes = build_processor(config)
     stop = threading.Event()
 

@@ -529,11 +529,14 @@ CONFIG_HELP = "The gateway configuration (vesalius.toml); see examples/vesalius.
 @friendly_errors
 def serve(
     config: Annotated[Path, typer.Option("--config", "-c", help=CONFIG_HELP)] = Path("vesalius.toml"),
+    backend: Annotated[
+        str | None, typer.Option(help="torch, onnxruntime or onnxruntime-int8; overrides [workers] backend.")
+    ] = None,
 ) -> None:
     """Run the PACS gateway: DICOM listener, REST API and inference workers, until Ctrl-C or SIGTERM."""
     from vesalius.cli import gateway
 
-    gateway.serve(config)
+    gateway.serve(config, backend)
 
 
 @app.command()

@@ -129,6 +129,9 @@ class QueueConfig(_Section):
 
 class WorkersConfig(_Section):
     count: int = Field(default=1, ge=1, le=64)
+    backend: Literal["torch", "onnxruntime", "onnxruntime-int8"] = "torch"
+    """How workers run classification and segmentation models: torch, or the package's model.onnx /
+    model.int8.onnx on ONNX Runtime (``vesalius export --onnx``, ``vesalius quantize --int8``)."""
 
 
 class DeliveryConfig(_Section):

@@ -83,19 +83,26 @@ def nodule_result(findings: Iterable[LungNoduleFinding], series_uid: str, model:
 class ModelRegistry:
     """Model name -> package folder; packages are loaded lazily, once per process, and verified on loading."""
 
-    def __init__(self, packages: Mapping[str, Path | str], *, device: str = "cpu", tta: bool = False) -> None:
+    def __init__(
+        self, packages: Mapping[str, Path | str], *, device: str = "cpu", tta: bool = False, backend: str = "torch"
+    ) -> None:
+        if backend not in ("torch", "onnxruntime", "onnxruntime-int8"):
+            raise InputError(f"backend must be torch, onnxruntime or onnxruntime-int8; got {backend!r}")
         self.packages = {name: Path(folder) for name, folder in packages.items()}
         self.device = device
         self.tta = tta
+        self.backend = backend
         self._manifests: dict[str, PackageManifest] = {}
         self._loaded: dict[str, _Loaded] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle names and folders only: each worker process loads its own engines."""
-        return {"packages": self.packages, "device": self.device, "tta": self.tta}
+        return {"packages": self.packages, "device": self.device, "tta": self.tta, "backend": self.backend}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["packages"], device=state["device"], tta=state["tta"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["packages"], device=state["device"], tta=state["tta"], backend=state.get("backend", "torch")
+        )
 
     @property
     def names(self) -> list[str]:
@@ -127,7 +134,9 @@ class ModelRegistry:
         manifest = self.manifest(name)
         folder = self.packages[name]
         engine: Any
-        if manifest.task == "segmentation":
+        if self.backend != "torch":
+            engine = self._onnx_engine(name, manifest.task, folder)
+        elif manifest.task == "segmentation":
             from vesalius.engines.segmentation.predict import Predictor
 
             engine = Predictor(load_package(folder, verify=False), device=self.device, tta=self.tta)
@@ -142,6 +151,17 @@ class ModelRegistry:
         loaded = _Loaded(manifest, identity_of(manifest), engine)
         self._loaded[name] = loaded
         return loaded
+
+    def _onnx_engine(self, name: str, task: str, folder: Path) -> Any:
+        """The package's ONNX graph on ONNX Runtime: same interface as the torch engines, no torch needed."""
+        from vesalius.deploy.runtime import INT8_FILE, ONNX_FILE, OnnxClassifier, OnnxSegmenter
+
+        graph = INT8_FILE if self.backend.endswith("int8") else ONNX_FILE
+        if task == "segmentation":
+            return OnnxSegmenter(folder, graph=graph, tta=self.tta)
+        if task == "classification":
+            return OnnxClassifier(folder, graph=graph)
+        raise InputError(f"model {name!r} ({folder}): backend {self.backend} runs classification and segmentation only")
 
     def run(self, name: str, series: Path, *, series_uid: str | None = None) -> Result:
         """Run model ``name`` on a series folder (or a single DICOM file); ``series_uid`` picks one series from a
