@@ -81,7 +81,7 @@ def test_each_image_gets_a_map_on_its_pixels_an_overlay_a_report_and_a_flag(
     assert heat.shape[:2] == (28, 20)  # columns, rows of the PNG, not the network's 16 x 16
     assert float(np.min(heat.get_fdata())) >= 0.0
     assert float(np.max(heat.get_fdata())) <= 1.0
-    assert Image.open(tmp_path / "first.overlay1.png").size == (28, 20)
+    assert Image.open(tmp_path / "first.overlay1.png").size == (280, 200)  # 28 x 20 enlarged by whole pixels
     report = (tmp_path / "first.report.html").read_text()
     assert "Flagged for review" in report
     assert "gradcam" in report
@@ -97,7 +97,9 @@ def test_no_case_is_flagged_below_a_threshold_it_cannot_reach(
     assert row["explanation"] == ""
     assert row["sanity_spearman"] == ""
     assert not (tmp_path / "first.heatmap.nii.gz").exists()
-    assert "Flagged for review" not in (tmp_path / "first.report.html").read_text()
+    report = (tmp_path / "first.report.html").read_text()
+    assert "Flagged for review" not in report
+    assert "is within the review threshold" in report
 
 
 def test_a_policy_reading_a_score_the_method_does_not_give_is_refused(
@@ -154,6 +156,7 @@ def test_explain_command_takes_a_method_and_refuses_an_unknown_one(
     )  # fmt: skip
     assert ok.exit_code == 0, ok.output
     assert rows(tmp_path / "trust.csv")[0]["explanation"] == "occlusion"
+    assert "No review policy was given" in (tmp_path / "first.report.html").read_text()
     bad = runner.invoke(
         app, ["explain", str(classification_package), str(images[0]), "-o", str(tmp_path), "--method", "x"]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import typer
@@ -35,6 +36,7 @@ def explain(
         }
     )
     table = run_trust(model, inputs, output, settings, device=device)
-    flagged = sum(1 for line in table.read_text().splitlines()[1:] if ",true," in line)
+    with table.open(newline="", encoding="utf-8") as handle:
+        flagged = sum(row["flagged"] == "true" for row in csv.DictReader(handle))
     typer.echo(f"{len(inputs)} input(s); {flagged} flagged for review; reports and maps in {output}")
     typer.echo(f"wrote {table}")

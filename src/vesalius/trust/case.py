@@ -74,6 +74,7 @@ class CaseTrust:
 def _flag(case: CaseTrust, settings: TrustSettings) -> None:
     policy = settings.policy
     if policy is None:
+        case.flag_reason = "No review policy was given (--policy), so no case is flagged."
         return
     if policy.method is not None and policy.method != settings.uncertainty:
         raise InputError(
@@ -87,6 +88,7 @@ def _flag(case: CaseTrust, settings: TrustSettings) -> None:
         )
     value = case.scores[policy.score]
     case.flagged = bool(policy.flag(np.asarray([value]))[0])
+    case.flag_reason = f"Not flagged: {policy.score} {value:.3f} is within the review threshold {policy.threshold:.3f}."
     if case.flagged:
         case.flag_reason = (
             f"{policy.score} {value:.3f} is above the review threshold {policy.threshold:.3f}, set to keep "

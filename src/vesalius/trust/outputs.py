@@ -53,13 +53,22 @@ def _plane(volume_array: npt.NDArray[Any], k: int) -> npt.NDArray[Any]:
     return np.asarray(volume_array[:, :, k]).T
 
 
+DISPLAY_PIXELS = 256
+"""Small images (a 35 x 50 hippocampus crop) are enlarged by whole pixels to at least this on their long side."""
+
+
+def _enlarged(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    factor = max(1, -(-DISPLAY_PIXELS // max(rgb.shape[:2])))
+    return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1) if factor > 1 else rgb
+
+
 def overlays(case: CaseTrust) -> list[tuple[str, npt.NDArray[np.uint8]]]:
     """(caption, RGB) per key slice: heat blended, the segmentation outlined."""
     pictures = []
     for k in _slices(case):
         heat = None if case.heatmap is None else _plane(case.heatmap.array, k)
         mask = None if case.labels is None else _plane(case.labels.array, k) > 0
-        rgb = overlay_rgb(_plane(case.image.array, k), heat, mask2d=mask)
+        rgb = _enlarged(overlay_rgb(_plane(case.image.array, k), heat, mask2d=mask))
         method = f"{case.explanation_method} heat" if case.explanation_method else "image"
         where = f"slice {k + 1} of {case.image.shape[2]}" if case.image.shape[2] > 1 else "image"
         pictures.append((f"{method}, {where}" + (", segmentation outlined" if mask is not None else ""), rgb))

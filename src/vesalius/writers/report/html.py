@@ -106,6 +106,7 @@ class CaseReport(_Frozen):
     uncertainty: tuple[UncertaintyScore, ...] = ()
     flagged: bool = False
     flag_reason: str = ""
+    """Why the case is flagged; when not flagged, an optional note shown instead (e.g. that no policy was set)."""
     explanation_method: str | None = None
     sanity_check: SanityCheck | None = None
     figures: tuple[Figure, ...] = ()
@@ -149,8 +150,8 @@ Created {{ r.created.isoformat(timespec="seconds") }} by Vesalius {{ r.vesalius_
 {% if r.uncertainty %}<table><tr><th>Score</th><th>Value</th></tr>
 {% for u in r.uncertainty %}<tr><td>{{ u.name }}</td><td class="num">{{ number(u.value) }}</td></tr>
 {% endfor %}</table>{% else %}<p>No uncertainty score was computed.</p>{% endif %}
-<p>{% if r.flagged %}Flagged for review by the uncertainty policy: {{ r.flag_reason }}{% else %}Not flagged by the
-uncertainty policy.{% endif %}</p>
+<p>{% if r.flagged %}Flagged for review by the uncertainty policy: {{ r.flag_reason }}{% elif r.flag_reason %}{{
+r.flag_reason }}{% else %}Not flagged by the uncertainty policy.{% endif %}</p>
 
 {% if r.explanation_method or r.figures %}<h2>Explanation</h2>
 {% if r.explanation_method %}<p>Method: {{ r.explanation_method }}.
@@ -206,6 +207,7 @@ def write_case_report(report: CaseReport, path: Path | str) -> Path:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(render_case_report(report))
+        os.chmod(scratch, 0o644)  # mkstemp makes it private; a report is for readers, like the maps beside it
         os.replace(scratch, target)
     except BaseException:
         Path(scratch).unlink(missing_ok=True)
