@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -173,3 +174,16 @@ def test_a_policy_file_that_is_not_one_is_named(tmp_path: Path) -> None:
         read_policy(tmp_path / "missing.json")
     file.write_text(policy(0.25).model_dump_json())
     assert read_policy(file).threshold == 0.25
+
+
+def test_a_dicom_radiograph_gets_a_secondary_capture_in_its_study(classification_package: Path, tmp_path: Path) -> None:
+    radiograph = pydicom.data.get_testdata_file("RG1_UNCR.dcm", download=False)
+    if radiograph is None:
+        pytest.skip("pydicom-data's RG1_UNCR.dcm is not installed")
+    settings = TrustSettings(explain="gradcam", uncertainty=None, sanity_check=False)
+    run_trust(classification_package, [Path(radiograph)], tmp_path, settings, device="cpu")
+    (capture,) = [pydicom.dcmread(p) for p in (tmp_path / "RG1_UNCR.dicom").glob("*.dcm")]
+    source = pydicom.dcmread(radiograph, stop_before_pixels=True)
+    assert str(capture.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+    assert capture.StudyInstanceUID == source.StudyInstanceUID
+    assert capture.PatientID == source.PatientID

@@ -54,6 +54,16 @@ def _dicom_sources(path: Path, volume: Volume) -> list[pydicom.Dataset]:
     return found
 
 
+def _dicom_header(path: Path) -> list[pydicom.Dataset]:
+    """A single DICOM image's header (for the Secondary Capture in its study); nothing for other files."""
+    if not path.is_file():
+        return []
+    try:
+        return [pydicom.dcmread(path, stop_before_pixels=True)]
+    except (pydicom.errors.InvalidDicomError, OSError):
+        return []
+
+
 def _row(case: CaseTrust, files: Sequence[Path]) -> list[str]:
     sanity = case.sanity
     return [
@@ -86,7 +96,10 @@ def _cases(
     manifest = load_package(packages[0], verify=False).manifest
     if manifest.task == "classification":
         classifier = Classifier(packages[0], device=device)
-        return [(trust_classification(classifier, source, settings), []) for _, source in input_sources(inputs)]
+        return [
+            (trust_classification(classifier, source, settings), _dicom_header(source.path))
+            for _, source in input_sources(inputs)
+        ]
     if manifest.task != "segmentation":
         raise InputError(f"{model}: explain covers classification and segmentation packages; this is {manifest.task}")
     predictor = Predictor([load_package(p) for p in packages], device=pick_device(device))
