@@ -309,8 +309,12 @@ def _occlusion(
     scorer: nn.Module, image: torch.Tensor, window: int | Sequence[int] | None, stride: int | Sequence[int] | None
 ) -> torch.Tensor:
     spatial = tuple(image.shape[2:])
-    shape = _per_axis(window, [max(1, round(s / 8)) for s in spatial], "window")
-    step = _per_axis(stride, [max(1, w // 2) for w in shape], "stride")
+    if len(spatial) == 2:  # 2-D: windows of 1/8 of a side, half overlapping (225 occluded copies)
+        shape = _per_axis(window, [max(1, round(s / 8)) for s in spatial], "window")
+        step = _per_axis(stride, [max(1, w // 2) for w in shape], "stride")
+    else:  # 3-D: 1/4 of a side, side by side (64 copies); 1/8 half-overlapping would be 4,096 forward passes
+        shape = _per_axis(window, [max(1, round(s / 4)) for s in spatial], "window")
+        step = _per_axis(stride, list(shape), "stride")
     per_eval = max(1, min(MAX_PERTURBATIONS_PER_EVAL, OCCLUSION_VOXEL_BUDGET // image[0].numel()))
     channels = image.shape[1]
     with torch.no_grad():
@@ -340,7 +344,8 @@ def explain(
     """An attribution map of ``target`` for ``image`` (1, C, *spatial), on its spatial grid, in [0, 1].
 
     ``layer`` (Grad-CAM, Grad-CAM++) defaults to ``default_layer``. Occlusion slides a zero patch of
-    ``window`` voxels (default about 1/8 of each side) by ``stride`` (default half the window), evaluating
+    ``window`` voxels (default 1/8 of each side in 2-D, 1/4 in 3-D) by ``stride`` (default half the window in
+    2-D, the window in 3-D), evaluating
     as many occluded copies at once as ``OCCLUSION_VOXEL_BUDGET`` allows; integrated gradients integrate
     from a zero image in ``steps`` steps, ``internal_batch_size`` at a time.
     """
