@@ -130,7 +130,7 @@ def collect(members: list[Any], entries: list[dict[str, str]], passes: int) -> d
         m: {"entropy": [], "mi": [], "correct": [], "case_entropy": [], "dice": [], "s": []} for m in METHODS
     }
     logp: dict[str, list[np.ndarray]] = {name: [] for name in CALIBRATED}
-    reference_labels: list[np.ndarray] = []
+    reference_labels: dict[str, list[np.ndarray]] = {name: [] for name in CALIBRATED}
     for entry in entries:
         volume, reference = read_volume(DATA / entry["image"]), read_volume(DATA / entry["label"]).array.astype(int)
         for name, (result, seconds) in case_methods(members, volume, passes).items():
@@ -146,13 +146,12 @@ def collect(members: list[Any], entries: list[dict[str, str]], passes: int) -> d
             if name in CALIBRATED:
                 probabilities = np.clip(result.probabilities.array[inside], 1e-7, 1.0)
                 logp[name].append(np.log(probabilities))
-                if name == CALIBRATED[0]:
-                    reference_labels.append(reference[inside])
+                reference_labels[name].append(reference[inside])
     for d in data.values():
         for key in ("entropy", "mi", "correct"):
             d[key] = np.concatenate(d[key])
     data["logp"] = {name: np.concatenate(values) for name, values in logp.items()}
-    data["labels"] = np.concatenate(reference_labels)
+    data["labels"] = {name: np.concatenate(values) for name, values in reference_labels.items()}
     return data
 
 
@@ -160,14 +159,15 @@ def calibration(validation: dict[str, Any], evaluation: dict[str, Any]) -> dict[
     """Per calibrated method: a temperature on the validation voxels' log-probabilities, ECE before and after."""
     out: dict[str, Any] = {}
     for name in CALIBRATED:
-        temperature = fit_temperature(validation["logp"][name], validation["labels"])
-        logp, labels = evaluation["logp"][name], evaluation["labels"]
+        temperature = fit_temperature(validation["logp"][name], validation["labels"][name])
+        logp, labels = evaluation["logp"][name], evaluation["labels"][name]
         out[name] = {
             "temperature": temperature,
             "ece_before": expected_calibration_error(labels, apply_temperature(logp, 1.0)),
             "ece_after": expected_calibration_error(labels, apply_temperature(logp, temperature)),
         }
-    out["voxels_validation"], out["voxels_evaluation"] = len(validation["labels"]), len(evaluation["labels"])
+    out["voxels_validation"] = len(validation["labels"]["plain"])
+    out["voxels_evaluation"] = len(evaluation["labels"]["plain"])
     return out
 
 
