@@ -33,6 +33,7 @@ import torch
 from _common import REPO, publish, run_header, section_head, verdict
 from vesalius.deploy.onnx import add_to_package, export_onnx
 from vesalius.deploy.package_bench import bench_package
+from vesalius.deploy.package_int8 import calibration_patches, onnx_auc
 from vesalius.deploy.quantize import gate, quantize_int8
 from vesalius.deploy.runtime import INT8_FILE, ONNX_FILE, OnnxClassifier, OnnxSegmenter
 from vesalius.engines.classification.dataset import read_classification_dataset
@@ -42,17 +43,11 @@ from vesalius.engines.common.dataset import load_case, read_msd_dataset
 from vesalius.engines.common.metrics.classification import binary_metrics
 from vesalius.engines.common.metrics.segmentation import dice
 from vesalius.engines.common.package import load_package
-from vesalius.engines.segmentation.preprocess import preprocess_image, preprocess_label
 
 NAME = "deploy_models"
 SHARED = REPO.parent / "shared" / "data"
 CLASSIFIER_SPEEDUP_GOAL, CLASSIFIER_MAX_DROP = 2.0, 0.5
 SEGMENTER_SPEEDUP_GOAL = 1.5
-
-
-def _auc(model: OnnxClassifier, sources: list[Any], labels: np.ndarray) -> float:
-    probabilities = np.concatenate([model.probabilities(sources[i : i + 64]) for i in range(0, len(sources), 64)])
-    return float(binary_metrics()["auc"](labels, probabilities[:, 1]))
 
 
 def classifier(folder: Path, runs: int) -> dict[str, Any]:
@@ -77,8 +72,8 @@ def classifier(folder: Path, runs: int) -> dict[str, Any]:
         )
     )
     fp32, quantised = (
-        _auc(OnnxClassifier(folder), sources, labels),
-        _auc(OnnxClassifier(folder, graph=INT8_FILE), sources, labels),
+        onnx_auc(OnnxClassifier(folder), sources, labels),
+        onnx_auc(OnnxClassifier(folder, graph=INT8_FILE), sources, labels),
     )
     return {
         "export": {"max_abs_diff": exported.max_abs_diff, "exporter": exported.exporter},
@@ -93,23 +88,6 @@ def classifier(folder: Path, runs: int) -> dict[str, Any]:
     }
 
 
-def _patches(prepared: Any, label: np.ndarray, size: tuple[int, ...], rng: np.random.Generator) -> list[np.ndarray]:
-    image = np.moveaxis(prepared.array, -1, 0)
-    padded = np.pad(image, [(0, 0)] + [(s, s) for s in size])
-    foreground = np.argwhere(label > 0)
-    centres = [rng.integers(0, np.asarray(label.shape))] + (
-        [foreground[rng.integers(len(foreground))]] if len(foreground) else []
-    )
-    out = []
-    for centre in centres:
-        window = (
-            slice(None),
-            *(slice(int(c) + s - s // 2, int(c) + s - s // 2 + s) for c, s in zip(centre, size, strict=True)),
-        )
-        out.append(np.ascontiguousarray(padded[window], dtype=np.float32)[None])
-    return out
-
-
 def segmenter(folder: Path, runs: int, cases: int) -> dict[str, Any]:
     plan_package = load_package(folder)
     from vesalius.engines.common.plan import SegmentationPlan
@@ -119,13 +97,7 @@ def segmenter(folder: Path, runs: int, cases: int) -> dict[str, Any]:
     dataset = read_msd_dataset(SHARED / "hippocampus")
     order = np.random.default_rng(0).permutation(len(dataset.cases))
     rng = np.random.default_rng(1)
-    calibration: list[np.ndarray] = []
-    for index in order[:16]:
-        loaded = load_case(dataset, dataset.cases[index])
-        prepared = preprocess_image(loaded.image, plan)
-        calibration += _patches(
-            prepared, np.asarray(preprocess_label(loaded.label, plan).array), tuple(plan.patch_size), rng
-        )
+    calibration = calibration_patches(dataset, [dataset.cases[i] for i in order[:16]], plan, rng)
     scored = [load_case(dataset, dataset.cases[i]) for i in order[16 : 16 + cases]]
     exported = export_onnx(folder)
     with tempfile.TemporaryDirectory() as scratch:

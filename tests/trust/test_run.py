@@ -126,7 +126,7 @@ def test_a_dicom_series_gets_maps_on_its_grid_and_a_parametric_map_and_capture_i
         image = nib.load(tmp_path / "out" / f"{stem}.{name}.nii.gz")
         assert image.shape[:3] == volume.shape  # exactly the input grid
     dicom = [pydicom.dcmread(path) for path in sorted((tmp_path / "out" / f"{stem}.dicom").glob("*.dcm"))]
-    assert sorted(str(ds.Modality) for ds in dicom) == ["OT", "RWV"] or len(dicom) == 2
+    assert len(dicom) == 2  # one Parametric Map of the heat, one Secondary Capture of the overlay
     assert {str(ds.StudyInstanceUID) for ds in dicom} == {written.study_uid}
     sop_classes = {str(ds.SOPClassUID) for ds in dicom}
     assert "1.2.840.10008.5.1.4.1.1.30" in sop_classes  # Parametric Map Storage

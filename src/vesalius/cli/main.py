@@ -377,11 +377,9 @@ def predict(
         return
     from vesalius.engines.common.precision import pick_device
     from vesalius.engines.segmentation.predict import predict_files
+    from vesalius.engines.segmentation.run_layout import model_packages, stored_postprocessing
 
-    packages = [model] if (model / "package.json").is_file() else sorted(model.glob("fold_*/model"))
-    if not packages:
-        raise typer.BadParameter(f"{model}: neither a model package (package.json) nor a folder of fold_*/model")
-    from vesalius.engines.segmentation.run_layout import stored_postprocessing
+    packages = model_packages(model)
 
     postprocessing = stored_postprocessing(model) if packages != [model] else None  # None: the package's own
     written = predict_files(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,15 +25,16 @@ from vesalius.deploy.quantize import AccuracyGate, check_gate, gate, quantize_in
 from vesalius.deploy.runtime import INT8_FILE, OnnxClassifier, OnnxSegmenter
 from vesalius.engines.classification.dataset import read_classification_dataset
 from vesalius.engines.classification.images import prepare_images
-from vesalius.engines.common.dataset import load_case, read_msd_dataset
+from vesalius.engines.common.dataset import Case, SegmentationDataset, load_case, read_msd_dataset
 from vesalius.engines.common.metrics.classification import binary_metrics, multiclass_metrics
 from vesalius.engines.common.metrics.segmentation import dice
 from vesalius.engines.common.package import load_package
+from vesalius.engines.common.plan import SegmentationPlan
 from vesalius.engines.segmentation.preprocess import preprocess_image, preprocess_label
 
 Method = Literal["minmax", "percentile", "entropy"]
 
-__all__ = ["QuantizeReport", "quantize_package"]
+__all__ = ["QuantizeReport", "calibration_patches", "onnx_auc", "quantize_package"]
 
 
 class QuantizeReport(BaseModel):
@@ -49,7 +51,8 @@ class QuantizeReport(BaseModel):
     int8_bytes: int
 
 
-def _auc(classifier: OnnxClassifier, sources: list[Any], labels: npt.NDArray[np.int64]) -> float:
+def onnx_auc(classifier: OnnxClassifier, sources: list[Any], labels: npt.NDArray[np.int64]) -> float:
+    """AUC of the package's calibrated probabilities, as the runtime computes them, on labelled images."""
     probabilities = np.concatenate([classifier.probabilities(sources[i : i + 64]) for i in range(0, len(sources), 64)])
     if probabilities.shape[1] == 2:
         return float(binary_metrics()["auc"](labels, probabilities[:, 1]))
@@ -79,7 +82,7 @@ def _classification(
     sources = [item.source for item in held]
 
     def score(package: Path, graph: str) -> float:
-        return _auc(OnnxClassifier(package, graph=graph), sources, labels)
+        return onnx_auc(OnnxClassifier(package, graph=graph), sources, labels)
 
     return batches, (score, "AUC", len(held))
 
@@ -93,6 +96,21 @@ def _patch(image: npt.NDArray[np.float32], centre: npt.NDArray[Any], size: tuple
     return np.ascontiguousarray(padded[window], dtype=np.float32)
 
 
+def calibration_patches(
+    dataset: SegmentationDataset, cases: Sequence[Case], plan: SegmentationPlan, rng: np.random.Generator
+) -> list[npt.NDArray[np.float32]]:
+    """Per case, a patch (1, C, *patch) at a random point and one centred on a random labelled voxel."""
+    patches: list[npt.NDArray[np.float32]] = []
+    for case in cases:
+        loaded = load_case(dataset, case)
+        prepared = preprocess_image(loaded.image, plan)
+        foreground = np.argwhere(np.asarray(preprocess_label(loaded.label, plan).array) > 0)
+        shape = np.asarray(prepared.shape[:3])
+        centres = [rng.integers(0, shape)] + ([foreground[rng.integers(len(foreground))]] if len(foreground) else [])
+        patches += [_patch(prepared.array, centre, tuple(plan.patch_size))[None] for centre in centres]
+    return patches
+
+
 def _segmentation(
     folder: Path, calibration: Path, validation: Path | None, count: int, validation_count: int, seed: int
 ) -> tuple[list[npt.NDArray[np.float32]], Any]:
@@ -101,14 +119,7 @@ def _segmentation(
     plan, rng = fp32.plan, np.random.default_rng(seed)
     dataset = read_msd_dataset(calibration)
     order = rng.permutation(len(dataset.cases))
-    patches: list[npt.NDArray[np.float32]] = []
-    for index in order[: max(1, count // 2)]:
-        loaded = load_case(dataset, dataset.cases[index])
-        prepared = preprocess_image(loaded.image, plan)
-        foreground = np.argwhere(np.asarray(preprocess_label(loaded.label, plan).array) > 0)
-        shape = np.asarray(prepared.shape[:3])
-        centres = [rng.integers(0, shape)] + ([foreground[rng.integers(len(foreground))]] if len(foreground) else [])
-        patches += [_patch(prepared.array, centre, tuple(plan.patch_size))[None] for centre in centres]
+    patches = calibration_patches(dataset, [dataset.cases[i] for i in order[: max(1, count // 2)]], plan, rng)
     held_data = read_msd_dataset(validation) if validation is not None else dataset
     held_cases = list(held_data.cases) if validation is not None else [dataset.cases[i] for i in order[count // 2 :]]
     held_cases = held_cases[:validation_count]

@@ -31,14 +31,13 @@ from vesalius.core.errors import InputError, PackageIntegrityError
 from vesalius.core.volume import Volume
 from vesalius.engines.classification.dataset import ImageSource
 from vesalius.engines.classification.images import prepare_images
-from vesalius.engines.classification.plan import ClassificationPlan
+from vesalius.engines.classification.plan import ClassificationPlan, predicted_label
 from vesalius.engines.common.calibration import apply_temperature
 from vesalius.engines.common.manifest import PackageManifest, load_manifest
 from vesalius.engines.common.plan import SegmentationPlan
-from vesalius.engines.segmentation.postprocess import keep_largest_component
+from vesalius.engines.segmentation.postprocess import channels_first, input_grid_labels, to_input_grid
 from vesalius.engines.segmentation.preprocess import preprocess_image
 from vesalius.engines.segmentation.windows import gaussian_weights, mirror_sets, window_starts
-from vesalius.transforms import invert
 
 ONNX_FILE = "model.onnx"  # the name ``vesalius.deploy.onnx`` writes (not imported: that module imports torch)
 INT8_FILE = "model.int8.onnx"  # the name ``vesalius.deploy.quantize`` adds once the accuracy gate passes
@@ -162,12 +161,7 @@ class OnnxClassifier(OnnxModel):
 
     def label(self, row: npt.NDArray[Any]) -> str:
         """The predicted class: the operating point for binary tasks, labels at 0.5 for multi-label ones."""
-        names = self.plan.class_names
-        if self.plan.kind == "binary" and self.threshold is not None:
-            return names[int(row[1] >= self.threshold)]
-        if self.plan.kind == "multilabel":
-            return ";".join(n for n, p in zip(names, row, strict=True) if p >= 0.5)
-        return names[int(np.argmax(row))]
+        return predicted_label(self.plan, row, self.threshold)
 
 
 class OnnxSegmenter(OnnxModel):
@@ -247,11 +241,8 @@ class OnnxSegmenter(OnnxModel):
     def _input_grid_channels(self, volume: Volume) -> Iterator[npt.NDArray[np.float32]]:
         """Each class's probability on the input grid, one at a time (linear sampling back)."""
         prepared = preprocess_image(volume, self.plan)
-        probabilities = self.sliding_window(np.ascontiguousarray(np.moveaxis(prepared.array, -1, 0)))
-        steps = len(prepared.history) - len(volume.history)  # undo only what preprocessing added
-        for channel in probabilities:
-            back = invert(prepared.with_array(channel), kind="label", interpolation="linear", steps=steps)
-            yield np.asarray(back.array, dtype=np.float32)
+        for channel in self.sliding_window(channels_first(prepared)):
+            yield to_input_grid(prepared, volume, channel)
 
     def predict_probabilities(self, volume: Volume) -> Volume:
         """Class probabilities (i, j, k, K) float32 on the input grid."""
@@ -259,14 +250,5 @@ class OnnxSegmenter(OnnxModel):
 
     def predict(self, volume: Volume) -> Volume:
         """The label map on exactly ``volume``'s grid: argmax (ties to the lower class), then post-processing."""
-        best: npt.NDArray[np.float32] | None = None
-        labels = np.zeros(volume.shape, dtype=np.uint8 if self.plan.num_classes <= 256 else np.int16)
-        for index, channel in enumerate(self._input_grid_channels(volume)):
-            if best is None:
-                best = channel
-                continue
-            better = channel > best
-            labels[better] = index
-            np.maximum(best, channel, out=best)
-        kept = [c for c, keep in sorted(self.postprocessing.items()) if keep]
-        return volume.with_array(keep_largest_component(labels, kept) if kept else labels)
+        channels = self._input_grid_channels(volume)
+        return input_grid_labels(volume, channels, self.plan.num_classes, self.postprocessing)

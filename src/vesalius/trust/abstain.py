@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 
 from vesalius.core.errors import InputError
+from vesalius.engines.common.curves import pyplot, save_figure
 
 __all__ = [
     "AbstainPolicy",
@@ -166,10 +167,7 @@ def write_risk_coverage_png(path: Path | str, curves: Mapping[str, RiskCoverage]
     """Risk against coverage per score, AURC in the legend; lower curves abstain better."""
     if not curves:
         raise InputError("write_risk_coverage_png: no curve to draw")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(5, 4))
     for name, curve in curves.items():
@@ -181,9 +179,4 @@ def write_risk_coverage_png(path: Path | str, curves: Mapping[str, RiskCoverage]
     axis.set_ylim(0, max(top * 1.05, 0.01))
     axis.set_title("Risk-coverage")
     axis.legend(loc="upper left")
-    figure.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=120)
-    plt.close(figure)
-    return target
+    return save_figure(figure, path)

@@ -23,8 +23,8 @@ from vesalius.engines.classification.dataset import ImageSource
 from vesalius.engines.classification.engine import Classifier
 from vesalius.engines.classification.images import load_image, prepare_image, resize
 from vesalius.engines.common.package import PackageManifest
+from vesalius.engines.segmentation.postprocess import channels_first, to_input_grid
 from vesalius.engines.segmentation.predict import Predictor
-from vesalius.transforms.invert import invert
 from vesalius.trust.abstain import AbstainPolicy
 from vesalius.trust.explain import METHODS, RegionTarget, explain, explain_region, region_patch
 from vesalius.trust.sanity import SanityReport, parameter_randomisation_check
@@ -157,12 +157,14 @@ def trust_classification(
     return case
 
 
-def _segmentation_heatmap(predictor: Predictor, volume: Volume, settings: TrustSettings) -> tuple[Volume, Any]:
+def _segmentation_heatmap(
+    predictor: Predictor, volume: Volume, space: tuple[Volume, torch.Tensor], settings: TrustSettings
+) -> tuple[Volume, Any]:
     """Per predicted class, its region explained in model space; the maximum over classes, on the input grid."""
     assert settings.explain is not None
-    prepared, probabilities = predictor.model_space(volume)
+    prepared, probabilities = space
     labels = probabilities[0].argmax(dim=0).numpy()
-    image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.array, -1, 0)))[None]
+    image = torch.from_numpy(channels_first(prepared))[None]
     network = predictor.networks[0]
     heat = np.zeros(labels.shape, dtype=np.float32)
     first: tuple[int, npt.NDArray[Any]] | None = None
@@ -179,9 +181,7 @@ def _segmentation_heatmap(predictor: Predictor, volume: Volume, settings: TrustS
     sanity = None
     if settings.sanity_check and first is not None:
         sanity = _region_sanity(network, image, first, predictor.plan.patch_size, settings)
-    steps = len(prepared.history) - len(volume.history)
-    back = invert(prepared.with_array(heat), kind="label", interpolation="linear", steps=steps)
-    return volume.with_array(np.clip(np.asarray(back.array, dtype=np.float32), 0.0, 1.0)), sanity
+    return volume.with_array(np.clip(to_input_grid(prepared, volume, heat), 0.0, 1.0)), sanity
 
 
 def _region_sanity(
@@ -199,7 +199,8 @@ def _region_sanity(
 
 def trust_segmentation(predictor: Predictor, volume: Volume, settings: TrustSettings, name: str) -> CaseTrust:
     """Segment, measure each class, explain each predicted region and map the voxel uncertainty."""
-    labels = predictor.predict(volume)
+    space = predictor.model_space(volume)  # one ensemble pass serves the label map and the explanation
+    labels = predictor.predict(volume, space)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     names = predictor.plan.labels
     volumes = {names[c]: float(np.count_nonzero(labels.array == c)) * voxel_ml for c in range(1, len(names))}
@@ -227,7 +228,7 @@ def trust_segmentation(predictor: Predictor, volume: Volume, settings: TrustSett
             "variance": result.foreground_variance,
         }
     if settings.explain is not None:
-        case.heatmap, case.sanity = _segmentation_heatmap(predictor, volume, settings)
+        case.heatmap, case.sanity = _segmentation_heatmap(predictor, volume, space, settings)
         case.explanation_method = settings.explain
     _flag(case, settings)
     return case

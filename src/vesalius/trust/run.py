@@ -13,9 +13,10 @@ from vesalius.core.errors import InputError
 from vesalius.core.volume import Volume
 from vesalius.engines.classification.engine import Classifier
 from vesalius.engines.classification.images import input_sources
-from vesalius.engines.common.package import MANIFEST, load_package
+from vesalius.engines.common.package import load_package
 from vesalius.engines.common.precision import pick_device
 from vesalius.engines.segmentation.predict import Predictor
+from vesalius.engines.segmentation.run_layout import model_packages, stored_postprocessing
 from vesalius.io import read_volume
 from vesalius.trust.abstain import AbstainPolicy
 from vesalius.trust.case import CaseTrust, TrustSettings, model_summary, trust_classification, trust_segmentation
@@ -79,20 +80,11 @@ def _row(case: CaseTrust, files: Sequence[Path]) -> list[str]:
     ]
 
 
-def _segmentation_packages(model: Path) -> list[Path]:
-    if (model / MANIFEST).is_file():
-        return [model]
-    folds = sorted(p for p in model.glob("fold_*/model") if (p / MANIFEST).is_file())
-    if not folds:
-        raise InputError(f"{model}: neither a model package ({MANIFEST}) nor a folder of fold_*/model packages")
-    return folds
-
-
 def _cases(
     model: Path, inputs: Sequence[Path], settings: TrustSettings, device: str
 ) -> list[tuple[CaseTrust, list[pydicom.Dataset]]]:
     """Each input's CaseTrust with the DICOM headers its outputs refer to."""
-    packages = _segmentation_packages(model)
+    packages = model_packages(model)
     manifest = load_package(packages[0], verify=False).manifest
     if manifest.task == "classification":
         classifier = Classifier(packages[0], device=device)
@@ -102,7 +94,10 @@ def _cases(
         ]
     if manifest.task != "segmentation":
         raise InputError(f"{model}: explain covers classification and segmentation packages; this is {manifest.task}")
-    predictor = Predictor([load_package(p) for p in packages], device=pick_device(device))
+    postprocessing = stored_postprocessing(model) if packages != [model] else None  # as predict ensembles folds
+    predictor = Predictor(
+        [load_package(p) for p in packages], device=pick_device(device), postprocessing=postprocessing
+    )
     cases: list[tuple[CaseTrust, list[pydicom.Dataset]]] = []
     for path in inputs:
         volume = read_volume(path)
@@ -120,7 +115,7 @@ def run_trust(
     stems = [case_stem(case.name) for case, _ in cases]
     if len(set(stems)) != len(stems):
         raise InputError(f"inputs would overwrite each other's outputs in {out}: {sorted(stems)}")
-    summary = model_summary(load_package(_segmentation_packages(model)[0], verify=False).manifest)
+    summary = model_summary(load_package(model_packages(model)[0], verify=False).manifest)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "trust.csv"
     with table.open("w", newline="", encoding="utf-8") as handle:

@@ -30,10 +30,10 @@ from vesalius.core.volume import Volume
 from vesalius.engines.classification.engine import Classifier, _calibrated
 from vesalius.engines.classification.networks import MultiHeadClassifier
 from vesalius.engines.classification.trainer import predict_logits, tta_flip_axes
+from vesalius.engines.segmentation.postprocess import channels_first, to_input_grid
 from vesalius.engines.segmentation.predict import Predictor
 from vesalius.engines.segmentation.preprocess import preprocess_image
 from vesalius.engines.segmentation.sliding_window import mirror_sets, sliding_window_probabilities
-from vesalius.transforms import invert
 
 FloatArray = npt.NDArray[np.float32]
 ClassificationMethod = Literal["mc_dropout", "tta", "ensemble", "softmax"]
@@ -401,17 +401,15 @@ def segmentation_uncertainty(
     if passes < 1:
         raise InputError(f"passes must be >= 1; got {passes}")
     prepared = preprocess_image(volume, predictor.plan)
-    image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.array, -1, 0)))[None]
+    image = torch.from_numpy(channels_first(prepared))[None]
     moments = ProbabilityMoments()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for sample in _segmentation_samples(predictor, image, method, passes):
             moments.add(sample)
-    steps = len(prepared.history) - len(volume.history)  # undo only what preprocessing added
 
     def back(model_space: FloatArray) -> FloatArray:
-        grid = invert(prepared.with_array(model_space), kind="label", interpolation="linear", steps=steps)
-        return np.asarray(grid.array, dtype=np.float32)
+        return to_input_grid(prepared, volume, model_space)
 
     mean = moments.mean[0]
     probabilities = np.stack([back(channel) for channel in mean], axis=-1)

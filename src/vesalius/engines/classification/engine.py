@@ -41,7 +41,7 @@ from vesalius.engines.classification.images import (  # prepare_* re-exported: m
     prepare_images,
 )
 from vesalius.engines.classification.networks import ClassificationNetwork
-from vesalius.engines.classification.plan import ClassificationPlan, TaskKind, make_classification_plan
+from vesalius.engines.classification.plan import ClassificationPlan, TaskKind, make_classification_plan, predicted_label
 from vesalius.engines.classification.trainer import (
     ImageSet,
     Progress,
@@ -296,12 +296,7 @@ class Classifier:
 
     def label(self, row: npt.NDArray[Any]) -> str:
         """The predicted class: the operating point for binary tasks, labels at 0.5 for multi-label ones."""
-        names = self.plan.class_names
-        if self.plan.kind == "binary" and self.threshold is not None:
-            return names[int(row[1] >= self.threshold)]
-        if self.plan.kind == "multilabel":
-            return ";".join(n for n, p in zip(names, row, strict=True) if p >= 0.5)
-        return names[int(np.argmax(row))]
+        return predicted_label(self.plan, row, self.threshold)
 
 
 def predict_classification(

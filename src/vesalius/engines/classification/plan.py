@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from vesalius.core.errors import PlanFileError
@@ -30,7 +32,7 @@ from vesalius.engines.common.plan_file import load_plan, save_plan
 PLAN_VERSION = 1
 TaskKind = Literal["binary", "multiclass", "ordinal", "multilabel"]
 
-__all__ = ["ClassificationPlan", "make_classification_plan"]
+__all__ = ["ClassificationPlan", "make_classification_plan", "predicted_label"]
 
 
 class _Model(BaseModel):
@@ -172,3 +174,14 @@ def make_classification_plan(
         augmentation=ClassificationAugmentation(flip_axes=flips),
         tta_flips=bool(flip_axes),
     )
+
+
+def predicted_label(plan: ClassificationPlan, row: npt.ArrayLike, threshold: float | None) -> str:
+    """The predicted class of one row of probabilities: the operating point for binary tasks, every label at
+    0.5 or above for multi-label ones (joined by ';'), else the most probable class."""
+    names, values = plan.class_names, np.asarray(row, dtype=np.float64)
+    if plan.kind == "binary" and threshold is not None:
+        return names[int(values[1] >= threshold)]
+    if plan.kind == "multilabel":
+        return ";".join(n for n, p in zip(names, values, strict=True) if p >= 0.5)
+    return names[int(np.argmax(values))]

@@ -20,6 +20,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from vesalius.core.errors import InputError
+from vesalius.engines.common.curves import pyplot, save_figure
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -171,10 +172,7 @@ def reliability_diagram(
 
     Points below the diagonal are over-confident bins. The marker area shows how many cases a bin holds.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(5, 5))
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
@@ -187,9 +185,4 @@ def reliability_diagram(
         axis.scatter(confidence[filled], accuracy[filled], s=sizes, marker=marker, color=line.get_color())
     axis.set(xlabel="confidence (top class)", ylabel="accuracy", title="Reliability", xlim=(0, 1), ylim=(0, 1))
     axis.legend(loc="upper left")
-    figure.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=120)
-    plt.close(figure)
-    return target
+    return save_figure(figure, path)

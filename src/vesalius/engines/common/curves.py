@@ -1,9 +1,31 @@
-"""Training curves as a PNG: loss per epoch and the validation metric, for a glance at convergence."""
+"""Figures as PNG: matplotlib without a display, saved one way; and training curves (loss per epoch and the
+validation metric, for a glance at convergence)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display on a server), imported only when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: Any, path: Path | str, dpi: int = 120) -> Path:
+    """Lay out, write ``path`` (parent folders created) and close ``figure``; returns the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(target, dpi=dpi)
+    pyplot().close(figure)
+    return target
 
 
 def plot_curves(
@@ -13,12 +35,7 @@ def plot_curves(
     title: str = "",
 ) -> Path:
     """Loss on the left axis, validation metrics (one line each) on the right; writes ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    target = Path(path)
+    plt = pyplot()
     figure, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
     epochs = list(range(1, len(losses) + 1))
     loss_axis.plot(epochs, losses, color="tab:blue", label="training loss")
@@ -36,8 +53,4 @@ def plot_curves(
     labels = loss_axis.get_legend_handles_labels()[1] + metric_axis.get_legend_handles_labels()[1]
     loss_axis.legend(handles, labels, loc="center right")
     loss_axis.set_title(title)
-    figure.tight_layout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target)
-    plt.close(figure)
-    return target
+    return save_figure(figure, path, dpi=100)

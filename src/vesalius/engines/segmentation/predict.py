@@ -25,11 +25,16 @@ from vesalius.core.volume import Volume
 from vesalius.engines.common.package import ModelPackage, load_package
 from vesalius.engines.common.plan import SegmentationPlan
 from vesalius.engines.common.precision import autocast_dtype
-from vesalius.engines.segmentation.postprocess import keep_largest_component, output_name
+from vesalius.engines.segmentation.postprocess import (
+    channels_first,
+    input_grid_labels,
+    keep_largest_component,
+    output_name,
+    to_input_grid,
+)
 from vesalius.engines.segmentation.preprocess import preprocess_image
 from vesalius.engines.segmentation.sliding_window import sliding_window_probabilities
 from vesalius.io import read_volume, write_nifti
-from vesalius.transforms import invert
 
 __all__ = ["Predictor", "keep_largest_component", "predict_files"]
 
@@ -86,7 +91,7 @@ class Predictor:
     def model_space(self, volume: Volume) -> tuple[Volume, torch.Tensor]:
         """The preprocessed image and the ensemble-mean probabilities (1, K, i, j, k) on its grid."""
         prepared = preprocess_image(volume, self.plan)
-        image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(prepared.array, -1, 0)))[None]
+        image = torch.from_numpy(channels_first(prepared))[None]
         total: torch.Tensor | None = None
         with torch.inference_mode():
             for network, plan in zip(self.networks, self.plans, strict=True):
@@ -106,35 +111,24 @@ class Predictor:
             assert total is not None
             return prepared, total.div_(len(self.networks))
 
-    def _input_grid_channels(self, volume: Volume) -> Iterator[npt.NDArray[np.float32]]:
+    def _input_grid_channels(
+        self, volume: Volume, space: tuple[Volume, torch.Tensor] | None
+    ) -> Iterator[npt.NDArray[np.float32]]:
         """Each class's probability on the input grid, one at a time (linear sampling back)."""
-        prepared, probabilities = self.model_space(volume)
-        steps = len(prepared.history) - len(volume.history)  # undo only what preprocessing added
-        for channel in range(probabilities.shape[1]):
-            model_space = prepared.with_array(probabilities[0, channel].numpy())
-            back = invert(model_space, kind="label", interpolation="linear", steps=steps)
-            yield np.asarray(back.array, dtype=np.float32)
+        prepared, probabilities = space if space is not None else self.model_space(volume)
+        for channel in probabilities[0]:
+            yield to_input_grid(prepared, volume, channel.numpy())
 
     def predict_probabilities(self, volume: Volume) -> Volume:
         """Class probabilities (i, j, k, K) float32 on the input grid; holds all K maps, see module notes."""
-        channels = list(self._input_grid_channels(volume))
+        channels = list(self._input_grid_channels(volume, None))
         return volume.with_array(np.stack(channels, axis=-1))
 
-    def predict(self, volume: Volume) -> Volume:
-        """The label map on exactly ``volume``'s grid: argmax of the ensemble, then optional post-processing."""
-        best: npt.NDArray[np.float32] | None = None
-        labels = np.zeros(volume.shape, dtype=np.uint8 if self.plan.num_classes <= 256 else np.int16)
-        for index, channel in enumerate(self._input_grid_channels(volume)):
-            if best is None:
-                best = channel
-                continue
-            better = channel > best  # ties keep the lower class, as argmax does
-            labels[better] = index
-            np.maximum(best, channel, out=best)
-        kept = [c for c, keep in sorted(self.postprocessing.items()) if keep]
-        if kept:
-            labels = keep_largest_component(labels, kept)
-        return volume.with_array(labels)
+    def predict(self, volume: Volume, space: tuple[Volume, torch.Tensor] | None = None) -> Volume:
+        """The label map on exactly ``volume``'s grid: argmax of the ensemble, then optional post-processing.
+        ``space`` is ``model_space(volume)`` when the caller has it already (e.g. to explain the same pass)."""
+        channels = self._input_grid_channels(volume, space)
+        return input_grid_labels(volume, channels, self.plan.num_classes, self.postprocessing)
 
 
 def predict_files(

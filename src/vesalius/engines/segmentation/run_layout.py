@@ -12,10 +12,24 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vesalius.core.errors import InputError
+from vesalius.engines.common.manifest import MANIFEST
+
 POSTPROCESSING = "postprocessing.json"
 CV_SUMMARY = "cv_summary.json"
 
-__all__ = ["CV_SUMMARY", "POSTPROCESSING", "stored_cv_metrics", "stored_postprocessing"]
+__all__ = ["CV_SUMMARY", "POSTPROCESSING", "model_packages", "stored_cv_metrics", "stored_postprocessing"]
+
+
+def model_packages(model: Path | str) -> list[Path]:
+    """A model package itself, or the ``fold_*/model`` packages of a training folder (ensembled by predict)."""
+    folder = Path(model)
+    if (folder / MANIFEST).is_file():
+        return [folder]
+    folds = sorted(p for p in folder.glob("fold_*/model") if (p / MANIFEST).is_file())
+    if not folds:
+        raise InputError(f"{folder}: neither a model package ({MANIFEST}) nor a folder of fold_*/model packages")
+    return folds
 
 
 def stored_postprocessing(run_dir: Path | str) -> dict[int, bool]:

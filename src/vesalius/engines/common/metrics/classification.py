@@ -35,6 +35,7 @@ from sklearn.metrics import (
 )
 
 from vesalius.core.errors import InputError
+from vesalius.engines.common.curves import pyplot, save_figure
 from vesalius.engines.common.metrics.summary import NanFloat
 
 Task = Literal["binary", "multiclass", "ordinal", "multilabel"]
@@ -528,24 +529,6 @@ def classification_report(
     )
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure: Any, path: Path | str) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(target, dpi=120)
-    _pyplot().close(figure)
-    return target
-
-
 def write_roc_png(
     path: Path | str, y_true: npt.ArrayLike, probabilities: npt.ArrayLike, class_names: Sequence[str]
 ) -> Path:
@@ -556,7 +539,7 @@ def write_roc_png(
         scores = np.stack([1.0 - scores, scores], axis=1)
     if len(labels) != len(scores) or scores.shape[1] != len(class_names):
         raise InputError(f"ROC needs (N, {len(class_names)}) scores for N labels; got {scores.shape}, {len(labels)}")
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(5, 5))
     columns = [1] if scores.shape[1] == 2 and labels.ndim == 1 else range(scores.shape[1])
     for column in columns:
@@ -569,7 +552,7 @@ def write_roc_png(
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     axis.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
     axis.legend(loc="lower right")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_confusion_png(
@@ -581,7 +564,7 @@ def write_confusion_png(
     if values.shape != (k, k):
         raise InputError(f"confusion matrix must be {k} x {k} for {k} classes, got shape {values.shape}")
     shares = values / np.maximum(values.sum(axis=1, keepdims=True), 1)
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(1.2 * k + 2, 1.2 * k + 1.5))
     axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (row, column), count in np.ndenumerate(values):
@@ -590,4 +573,4 @@ def write_confusion_png(
     axis.set_xticks(range(k), list(class_names), rotation=45, ha="right")
     axis.set_yticks(range(k), list(class_names))
     axis.set(xlabel="predicted", ylabel="truth", title="Confusion matrix")
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from vesalius.core.errors import EvaluationError, InputError
+from vesalius.engines.common.curves import pyplot, save_figure
 from vesalius.engines.common.metrics.classification import MetricEstimate
 from vesalius.io.annotations.luna import LunaAnnotation, LunaCandidate
 
@@ -331,13 +332,7 @@ def write_froc_png(
 ) -> Path:
     """The FROC curve on a log false-positive axis (1/8 to 8 per scan) with its bootstrap band and CPM;
     ``others`` adds further curves (e.g. before false-positive reduction) without bands, for comparison."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4.5))
     low, high = min(report.fp_rates), max(report.fp_rates)
     axis.plot(*_curve(report), color="C0", label=f"{label} (CPM {report.cpm.value:.3f})")
@@ -354,7 +349,4 @@ def write_froc_png(
     axis.set(xlim=(low, high), ylim=(0, 1.01), xlabel="false positives per scan", ylabel="sensitivity", title="FROC")
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(target, dpi=120)
-    plt.close(figure)
-    return target
+    return save_figure(figure, path)
