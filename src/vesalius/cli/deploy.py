@@ -1,9 +1,11 @@
-"""The deployment side of the ``vesalius`` command: export, quantize, bench, and predict on ONNX Runtime."""
+"""The deployment side of the ``vesalius`` command: export, quantize, bench, distill, prune, and predict on ONNX
+Runtime. ``distill`` and ``prune`` are declared here in full and registered by ``vesalius.cli.main``."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -110,3 +112,80 @@ def predict_onnx(model: Path, inputs: list[Path], output: Path, int8: bool, over
     segmenter = OnnxSegmenter(model, graph=graph, overlap=overlap, tta=tta)
     for source in inputs:
         typer.echo(f"wrote {write_nifti(segmenter.predict(read_volume(source)), output / output_name(source))}")
+
+
+DATASET = "The dataset to train on: class folders, a CSV or a .npz (classification), an MSD folder (segmentation)."
+FOLD = "Fold of the original's split to train on; its held-out cases score both models."
+EPOCHS = "Training epochs (default: as many as the original was trained for; pruning: a quarter of them)."
+ITERATIONS = "Segmentation: iterations per epoch (default: the original's)."
+RUNS = "Timed calls for each model's latency."
+
+
+def _print_report(report: object, output: Path) -> None:
+    from vesalius.deploy.compress import REPORT_JSON, CompressionReport
+
+    assert isinstance(report, CompressionReport)
+    typer.echo(report.to_table())
+    typer.echo(f"wrote {report.package} and {output / REPORT_JSON}")
+
+
+def distill(
+    teacher: Annotated[Path, typer.Argument(help="The teacher: a classification or segmentation package.")],
+    dataset: Annotated[Path, typer.Argument(help=DATASET)],
+    student: Annotated[
+        str, typer.Option(help="The student's network: 'resnet10,width=0.25' (classification), 'filters=8:16:32:64'.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the student's run and package.")],
+    temperature: Annotated[
+        float | None, typer.Option(help="Softening of both outputs (default: 4 classification, 1 segmentation).")
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Weight of the teacher's soft targets (1 - alpha: the labels).")] = 0.5,
+    hint_weight: Annotated[float, typer.Option(help="Weight of the feature hint (0: no hint).")] = 0.0,
+    student_layer: Annotated[
+        str | None, typer.Option(help="Hint layer of the student (default: its last stage).")
+    ] = None,
+    teacher_layer: Annotated[
+        str | None, typer.Option(help="Hint layer of the teacher (default: its last stage).")
+    ] = None,
+    fold: Annotated[int, typer.Option(help=FOLD)] = 0,
+    epochs: Annotated[int | None, typer.Option(help=EPOCHS)] = None,
+    iterations: Annotated[int | None, typer.Option(help=ITERATIONS)] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+    precision: Annotated[str, typer.Option(help="'auto', 'fp32', 'bf16' or 'fp16' (GPU).")] = "auto",
+    runs: Annotated[int, typer.Option(help=RUNS)] = 20,
+    baseline: Annotated[
+        bool, typer.Option("--baseline", help="Also train the same student on the labels alone, for comparison.")
+    ] = False,
+) -> None:
+    """Train a smaller student on the teacher's soft targets (and feature hints); report size, speed and metric."""
+    from vesalius.deploy.compress import distill_package
+    from vesalius.deploy.distill import DistillationSettings
+
+    settings = DistillationSettings(temperature, alpha, hint_weight, student_layer, teacher_layer)
+    report = distill_package(
+        teacher, student, dataset, output, settings=settings, fold=fold, epochs=epochs, iterations=iterations,
+        device=device, precision=precision, runs=runs, baseline=baseline,
+    )  # fmt: skip
+    _print_report(report, output)
+
+
+def prune(
+    model: Annotated[Path, typer.Argument(help="A ResNet classification or a DynUNet segmentation package.")],
+    ratio: Annotated[float, typer.Option(help="Share of every layer's channels to remove, e.g. 0.5.")],
+    data: Annotated[Path, typer.Option("--data", help=DATASET + " Used to fine-tune and to score.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the pruned and fine-tuned packages.")],
+    fold: Annotated[int, typer.Option(help=FOLD)] = 0,
+    epochs: Annotated[int | None, typer.Option(help=EPOCHS + " 0: prune only.")] = None,
+    iterations: Annotated[int | None, typer.Option(help=ITERATIONS)] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+    precision: Annotated[str, typer.Option(help="'auto', 'fp32', 'bf16' or 'fp16' (GPU).")] = "auto",
+    runs: Annotated[int, typer.Option(help=RUNS)] = 20,
+) -> None:
+    """Remove the weakest channels (L1, whole groups), fine-tune, and report size, speed and metric."""
+    from vesalius.deploy.compress import prune_package
+
+    report = prune_package(
+        model, ratio, data, output, fold=fold, epochs=epochs, iterations=iterations, device=device,
+        precision=precision, runs=runs,
+    )  # fmt: skip
+    _print_report(report, output)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from vesalius import __version__
+from vesalius.cli import deploy as deploy_commands
 from vesalius.cli.formatting import format_scan, format_volume, scan_summary, volume_summary
 from vesalius.core.errors import VesaliusError
 
@@ -552,6 +553,10 @@ def pull(
     record = gateway.pull(config, study, source, wait=wait, timeout=timeout, echo=typer.echo)
     if wait and record is not None and record.state.value != "done":
         raise typer.Exit(code=1)
+
+
+app.command()(friendly_errors(deploy_commands.distill))
+app.command()(friendly_errors(deploy_commands.prune))
 
 
 def run() -> None:  # pragma: no cover - console entry point alias

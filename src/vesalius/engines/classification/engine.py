@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -53,6 +53,7 @@ from vesalius.engines.classification.trainer import (
 from vesalius.engines.common.calibration import apply_temperature, calibration_report, fit_temperature
 from vesalius.engines.common.calibration import reliability_diagram as write_reliability_png
 from vesalius.engines.common.cv import make_split
+from vesalius.engines.common.guidance import Guidance
 from vesalius.engines.common.metrics.classification import (
     choose_operating_point,
     classification_report,
@@ -191,10 +192,15 @@ def fit_classifier(
     epochs: int | None = None,
     progress: Progress | None = None,
     dataset_options: dict[str, Any] | None = None,
+    guidance: Guidance | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
+    lineage: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train one fold, calibrate and choose the operating point on the selection set, report on evaluation.
 
-    ``dataset`` is a read dataset, or its path (read with ``dataset_options``)."""
+    ``dataset`` is a read dataset, or its path (read with ``dataset_options``). ``guidance`` and
+    ``initial_state`` go to the trainer (a student's teacher, a pruned model's weights); ``lineage`` (where the
+    model came from) is stored in the package's metrics."""
     if not isinstance(dataset, ClassificationDataset):
         options = dataset_options or ({"patient_pattern": plan.patient_pattern} if plan.patient_pattern else {})
         dataset = read_classification_dataset(dataset, **options)
@@ -203,7 +209,16 @@ def fit_classifier(
     training, selection, evaluation = split_items(dataset, plan, fold, root)
     train_set, selection_set = _image_set(training, plan), _image_set(selection, plan)
     result = train_classifier(
-        plan, train_set, selection_set, run, device=device, precision=precision, epochs=epochs, progress=progress
+        plan,
+        train_set,
+        selection_set,
+        run,
+        device=device,
+        precision=precision,
+        epochs=epochs,
+        progress=progress,
+        guidance=guidance,
+        initial_state=initial_state,
     )
     shipped = as_stored(result.state_dict, WEIGHTS_DTYPE)  # every figure below is of the weights the package holds
     network = ClassificationNetwork.build(plan.network)
@@ -233,6 +248,7 @@ def fit_classifier(
         "training_seconds": result.seconds,
         "cases": {"training": len(training), "selection": len(selection), "evaluation": len(evaluation)},
         "evaluation": json.loads(report.model_dump_json()),
+        **({"lineage": dict(lineage)} if lineage else {}),
     }
     if plan.kind in ("binary", "multiclass"):
         calibration = calibration_report(logits["main"], evaluation_set.labels, temperature)

@@ -57,7 +57,7 @@ def _resnet(spec: NetworkSpec, depth: int) -> tuple[torch.nn.Module, int]:
 
     layers = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3]}[depth]
     block = ResNetBottleneck if depth >= 50 else ResNetBlock
-    planes = [max(8, round(p * spec.width)) for p in (64, 128, 256, 512)]
+    planes = spec.stage_widths()
     network = ResNet(
         block=block,
         layers=layers,

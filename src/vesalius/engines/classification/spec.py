@@ -18,7 +18,9 @@ Architecture = Literal[
 ]
 ARCHITECTURES: tuple[str, ...] = Architecture.__args__  # type: ignore[attr-defined]
 
-__all__ = ["ARCHITECTURES", "Architecture", "NetworkSpec", "head_sizes"]
+__all__ = ["ARCHITECTURES", "Architecture", "NetworkSpec", "head_sizes", "stage_widths"]
+RESNET_WIDTHS = (64, 128, 256, 512)  # published ResNet stage widths (width 1.0)
+MIN_STAGE_WIDTH = 8
 
 
 class NetworkSpec(BaseModel):
@@ -33,6 +35,15 @@ class NetworkSpec(BaseModel):
     heads: dict[str, int] = Field(description="Output size per head; 'main' first, then extra targets")
     width: float = Field(default=1.0, gt=0, le=2, description="Width multiplier of ResNet/SE-ResNet stages")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout before the heads (MC dropout needs > 0)")
+
+    def stage_widths(self) -> list[int]:
+        """A ResNet's channels per stage at this width."""
+        return stage_widths(self.width)
+
+
+def stage_widths(width: float) -> list[int]:
+    """ResNet channels per stage: the published widths times ``width``, never under 8."""
+    return [max(MIN_STAGE_WIDTH, round(p * width)) for p in RESNET_WIDTHS]
 
 
 def head_sizes(kind: str, class_names: Sequence[str], extra: Mapping[str, Sequence[str]]) -> dict[str, int]:

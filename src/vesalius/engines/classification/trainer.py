@@ -43,12 +43,21 @@ from vesalius.engines.common.checkpoint import (
     save_weights,
 )
 from vesalius.engines.common.curves import plot_curves
+from vesalius.engines.common.guidance import Guidance
 from vesalius.engines.common.precision import pick_device, training_dtype
 from vesalius.engines.common.schedule import warmup_cosine
 
 Progress = Callable[[dict[str, Any]], None]
 
-__all__ = ["ImageSet", "TrainingResult", "main_probabilities", "predict_logits", "train_classifier", "tta_flip_axes"]
+__all__ = [
+    "ImageSet",
+    "TrainingResult",
+    "main_probabilities",
+    "predict_logits",
+    "probability_score",
+    "train_classifier",
+    "tta_flip_axes",
+]
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,12 @@ def main_probabilities(plan: ClassificationPlan, logits: npt.NDArray[Any]) -> np
 
 def validation_score(plan: ClassificationPlan, labels: npt.NDArray[Any], logits: npt.NDArray[Any]) -> float:
     """The number model selection maximises; nan when the validation set cannot define it."""
-    probabilities = main_probabilities(plan, logits)
+    return probability_score(plan, labels, main_probabilities(plan, logits))
+
+
+def probability_score(plan: ClassificationPlan, labels: npt.NDArray[Any], probabilities: npt.NDArray[Any]) -> float:
+    """AUC (binary: of the positive class; multi-class: one-vs-rest; multi-label: macro) or, for ordinal
+    grades, quadratic weighted kappa; nan when the labels cannot define it."""
     try:
         if plan.kind == "binary":
             return float(roc_auc_score(labels, probabilities[:, 1]))
@@ -200,6 +214,7 @@ class _Steps:
     optimizer: torch.optim.Optimizer
     target: torch.device
     dtype: torch.dtype | None
+    guidance: Guidance | None = None
 
     def run_epoch(self, train: ImageSet, epoch: int, lr_factor: Callable[[int], float], first_step: int) -> list[float]:
         """The losses of the epoch's steps; ``lr_factor`` maps a global step to its learning-rate factor."""
@@ -218,6 +233,9 @@ class _Steps:
             for name, values in train.extra.items():
                 extra = torch.from_numpy(values[indices]).to(target)
                 loss = loss + functional.cross_entropy(heads[name].float(), extra)
+            if self.guidance is not None:
+                with torch.autocast(target.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                    loss = self.guidance.loss(images, heads["main"], loss)
             _check_finite(loss, plan, epoch, step, self.dtype)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -239,18 +257,29 @@ def train_classifier(
     epochs: int | None = None,
     resume: bool = True,
     progress: Progress | None = None,
+    guidance: Guidance | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainingResult:
-    """Train on ``train``, select on ``validation``; checkpoints and curves go to ``run_dir``."""
+    """Train on ``train``, select on ``validation``; checkpoints and curves go to ``run_dir``.
+
+    ``initial_state`` starts from given weights (fine-tuning a pruned model); ``guidance`` adds a training
+    signal (a teacher's soft targets)."""
     if len(validation.ids) == 0 or len(train.ids) == 0:
         raise InputError("training needs at least one training and one validation example")
     run = Path(run_dir)
     target = pick_device(device)
     dtype = training_dtype(target, precision, plan.network.spatial_dims)
     torch.manual_seed(plan.seed)
-    network = ClassificationNetwork.build(plan.network).to(target)
+    network = ClassificationNetwork.build(plan.network)
+    if initial_state is not None:
+        network.load_state_dict(initial_state)
+    network = network.to(target)
     averaged = _weight_average(network, plan.weight_averaging)
     scored = cast(MultiHeadClassifier, averaged.module) if averaged is not None else network
-    optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate, weight_decay=plan.weight_decay)
+    extra = guidance.attach(network) if guidance is not None else []
+    optimizer = torch.optim.AdamW(
+        [*network.parameters(), *extra], lr=plan.learning_rate, weight_decay=plan.weight_decay
+    )
     total_epochs = epochs or plan.epochs
     steps_per_epoch = max(1, len(train.ids) // plan.batch_size)  # as many batches as _batches draws
     total_steps = total_epochs * steps_per_epoch
@@ -270,7 +299,7 @@ def train_classifier(
         if averaged is not None and (average := load_weights(run / "checkpoint", AVERAGED)) is not None:
             averaged.load_state_dict(average)
     (run / "checkpoint").mkdir(parents=True, exist_ok=True)
-    steps = _Steps(plan, network, averaged, optimizer, target, dtype)
+    steps = _Steps(plan, network, averaged, optimizer, target, dtype, guidance)
     for epoch in range(start_epoch, total_epochs):
         epoch_started = time.perf_counter()
         losses = steps.run_epoch(train, epoch, learning_rate_factor, first_step=epoch * steps_per_epoch)

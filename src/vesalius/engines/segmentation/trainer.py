@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from vesalius.engines.common.curves import plot_curves
 from vesalius.engines.common.cv import load_or_make_split
 from vesalius.engines.common.dataset import SegmentationDataset, read_msd_dataset
 from vesalius.engines.common.fingerprint import DatasetFingerprint, compute_fingerprint
+from vesalius.engines.common.guidance import Guidance
 from vesalius.engines.common.metrics.segmentation import dice
 from vesalius.engines.common.package import save_package
 from vesalius.engines.common.plan import SegmentationPlan
@@ -95,6 +96,7 @@ def _train_epoch(
     loss_function: torch.nn.Module,
     target: torch.device,
     dtype: torch.dtype | None,
+    guidance: Guidance | None = None,
 ) -> dict[str, float]:
     """One epoch of SGD steps; returns the mean loss, the time it took and the share spent waiting for data.
 
@@ -113,6 +115,9 @@ def _train_epoch(
             outputs = network(images)
         heads = list(torch.unbind(outputs.float(), dim=1)) if outputs.dim() == images.dim() + 1 else [outputs.float()]
         loss = loss_function(heads, labels)
+        if guidance is not None:
+            with torch.autocast(device_type=target.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = guidance.loss(images, heads[0], loss)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
@@ -164,10 +169,17 @@ def train_fold(
     progress: Progress | None = None,
     precision: str = "auto",
     cache: bool = True,
+    guidance: Guidance | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    postprocessing: Mapping[str, Any] | None = None,
 ) -> FoldResult:
     """Train fold ``fold`` of the stored split (None: every case, no validation) and package the model.
 
     With ``cache`` the preprocessed cases are kept in ``output_dir/preprocessed`` for the other folds.
+    ``initial_state`` starts from given weights, ``guidance`` adds a training signal (a teacher), and
+    ``lineage`` (where the model came from) is stored in the package's metrics; ``postprocessing`` is the
+    package's when the caller chose it (a student keeps its teacher's).
     """
     dataset = read_msd_dataset(dataset_dir)
     output = Path(output_dir)
@@ -191,10 +203,14 @@ def train_fold(
     sampler = sampler_from_plan(training_cases, plan, seed=plan.training.seed + (fold or 0))
     loader = TrainingLoader(sampler, workers=workers, pin_memory=target.type == "cuda")
 
-    network = plan.network.build().to(target)
+    network = plan.network.build()
+    if initial_state is not None:
+        network.load_state_dict(initial_state)
+    network = network.to(target)
     loss_function = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True, batch=True))
+    extra = guidance.attach(network) if guidance is not None else []
     optimizer = torch.optim.SGD(
-        network.parameters(),
+        [*network.parameters(), *extra],
         lr=plan.optimizer.lr,
         momentum=plan.optimizer.momentum,
         nesterov=plan.optimizer.nesterov,
@@ -226,7 +242,15 @@ def train_fold(
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
                 **_train_epoch(
-                    network, loader.iter_batches(steps), steps, optimizer, scaler, loss_function, target, dtype
+                    network,
+                    loader.iter_batches(steps),
+                    steps,
+                    optimizer,
+                    scaler,
+                    loss_function,
+                    target,
+                    dtype,
+                    guidance,
                 ),
             }
             if validation_cases:
@@ -271,12 +295,13 @@ def train_fold(
         "device": str(target),
         "precision": str(dtype).removeprefix("torch.") if dtype is not None else "float32",
         "training_seconds": float(sum(h["seconds"] for h in history)),
+        **({"lineage": dict(lineage)} if lineage else {}),
     }
-    postprocessing: dict[str, Any] = {}
+    chosen: dict[str, Any] = dict(postprocessing or {})
     if fold is None and (cv_metrics := stored_cv_metrics(output)) is not None:
         metrics["cross_validation"] = cv_metrics  # the figures that estimate this model's quality
         kept = [value for value, on in sorted(stored_postprocessing(output).items()) if on]
-        postprocessing = {"keep_largest_component": kept}
+        chosen = {"keep_largest_component": kept}
     package = save_package(
         run_dir / "model",
         name=dataset.name.lower().replace(" ", "-"),
@@ -288,7 +313,7 @@ def train_fold(
         data_fingerprint=fingerprint,
         state_dict=final_weights,
         overwrite=True,
-        postprocessing=postprocessing,
+        postprocessing=chosen,
         weights_dtype=torch.float16,  # half the size; inference runs in bf16 or fp32 from these values
     )
     return FoldResult(fold, len(history), best_epoch, best_dice, package, curves, history)
