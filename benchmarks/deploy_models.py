@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from _common import REPO, publish, run_header, section_head, verdict
-from vesalius.deploy.onnx import add_to_package, export_onnx
+from vesalius.deploy.onnx import export_onnx
 from vesalius.deploy.package_bench import bench_package
 from vesalius.deploy.package_int8 import calibration_patches, onnx_auc
 from vesalius.deploy.quantize import gate, quantize_int8
@@ -46,7 +46,7 @@ from vesalius.engines.common.cv import load_or_make_split
 from vesalius.engines.common.dataset import load_case, read_msd_dataset
 from vesalius.engines.common.metrics.classification import binary_metrics
 from vesalius.engines.common.metrics.segmentation import dice
-from vesalius.engines.common.package import load_package
+from vesalius.engines.common.package import load_package, resave_package
 
 NAME = "deploy_models"
 SHARED = REPO.parent / "shared" / "data"
@@ -93,7 +93,7 @@ def classifier(folder: Path, runs: int) -> dict[str, Any]:
         int8 = quantize_int8(
             folder / ONNX_FILE, Path(scratch) / INT8_FILE, [calibration[i : i + 8] for i in range(0, 64, 8)]
         )
-        add_to_package(load_package(folder), {INT8_FILE: int8})
+        resave_package(load_package(folder), extra_files={INT8_FILE: int8})
 
     def torch_auc(package: Path) -> float:
         model = Classifier(package, device="cpu", precision="fp32")
@@ -137,7 +137,7 @@ def segmenter(folder: Path, runs: int, cases: int) -> dict[str, Any]:
     exported = export_onnx(folder)
     with tempfile.TemporaryDirectory() as scratch:
         int8 = quantize_int8(folder / ONNX_FILE, Path(scratch) / INT8_FILE, calibration, method="percentile")
-        add_to_package(load_package(folder), {INT8_FILE: int8})
+        resave_package(load_package(folder), extra_files={INT8_FILE: int8})
 
     def mean_dice(predict: Any) -> float:
         return float(np.mean([dice(predict(c.image).array == k, c.label.array == k) for c in scored for k in (1, 2)]))

@@ -42,14 +42,7 @@ from vesalius.engines.classification.engine import Classifier, split_items
 from vesalius.engines.classification.images import prepare_images
 from vesalius.engines.classification.trainer import predict_logits, tta_flip_axes
 from vesalius.engines.common.calibration import apply_temperature, expected_calibration_error, fit_temperature
-from vesalius.trust.abstain import (
-    coverage_at_accuracy,
-    error_detection_auroc,
-    fit_abstain_policy,
-    flagged_error_share,
-    risk_coverage,
-    write_risk_coverage_png,
-)
+from vesalius.trust.abstain import assess_policy, write_risk_coverage_png
 from vesalius.trust.case import tta_axes
 from vesalius.trust.explain import METHODS, explain
 from vesalius.trust.sanity import parameter_randomisation_check
@@ -119,21 +112,15 @@ def uncertainty(classifier: Classifier, sets: dict[str, Any], passes: int) -> tu
         per_score = {}
         for score in scores:
             values = {name: results[name].score(score) for name in sets}
-            coverage, _ = coverage_at_accuracy(values["evaluation"], right["evaluation"], TARGET_ACCURACY)
-            curve = risk_coverage(values["evaluation"], right["evaluation"])
-            policy = fit_abstain_policy(values["validation"], right["validation"], score, TARGET_ACCURACY, method)
-            flagged = policy.flag(values["evaluation"])
-            kept = ~flagged
-            per_score[score] = {
-                "error_auroc": error_detection_auroc(values["evaluation"], right["evaluation"]),
-                "coverage_at_99": coverage,
-                "aurc": curve.aurc,
-                "policy": policy.model_dump(),
-                "evaluation_coverage": float(kept.mean()),
-                "evaluation_accuracy_kept": float(right["evaluation"][kept].mean()) if kept.any() else None,
-                "errors_flagged": flagged_error_share(policy, values["evaluation"], right["evaluation"]),
-            }
-            curves[f"{method} {score}"] = curve
+            assessed = assess_policy(
+                (values["validation"], right["validation"]),
+                (values["evaluation"], right["evaluation"]),
+                score,
+                TARGET_ACCURACY,
+                method,
+            )
+            per_score[score] = assessed.model_dump(exclude={"curve"})
+            curves[f"{method} {score}"] = assessed.curve
         rows[method] = {
             "samples": results["evaluation"].samples,
             "seconds_per_image": seconds / len(sets["evaluation"][1]),
@@ -200,7 +187,7 @@ def render(result: dict[str, Any]) -> str:
         for score, s in row["scores"].items():
             kept = "n/a" if s["evaluation_accuracy_kept"] is None else f"{s['evaluation_accuracy_kept']:.3f}"
             lines.append(
-                f"| {method} ({row['samples']}) | {score} | {s['error_auroc']:.3f} | {s['coverage_at_99']:.3f} | "
+                f"| {method} ({row['samples']}) | {score} | {s['error_auroc']:.3f} | {s['coverage_at_target']:.3f} | "
                 f"{s['aurc']:.4f} | {s['evaluation_coverage']:.3f}, {kept}, {s['errors_flagged']:.2f} | "
                 f"{1000 * row['seconds_per_image']:.1f} ms ({row['seconds_per_image'] / single:.1f}x) |"
             )

@@ -44,14 +44,7 @@ from vesalius.engines.common.metrics.segmentation import dice
 from vesalius.engines.common.package import load_package
 from vesalius.engines.segmentation.predict import Predictor
 from vesalius.io import read_volume
-from vesalius.trust.abstain import (
-    coverage_at_accuracy,
-    error_detection_auroc,
-    fit_abstain_policy,
-    flagged_error_share,
-    risk_coverage,
-    write_risk_coverage_png,
-)
+from vesalius.trust.abstain import assess_policy, write_risk_coverage_png
 from vesalius.trust.explain import RegionTarget, explain_region, region_patch
 from vesalius.trust.sanity import parameter_randomisation_check
 from vesalius.trust.uncertainty import segmentation_uncertainty
@@ -179,18 +172,9 @@ def scores(validation: dict[str, Any], evaluation: dict[str, Any]) -> tuple[dict
         for score, key in (("predictive_entropy", "entropy"), ("mutual_information", "mi")):
             if method == "plain" and key == "mi":
                 continue  # one sample: no disagreement to measure
-            policy = fit_abstain_policy(v[key], v["correct"], score, TARGET_ACCURACY, method)
-            flagged = policy.flag(e[key])
-            curve = risk_coverage(e[key], e["correct"])
-            curves[f"{method} {score}"] = curve
-            per_score[score] = {
-                "error_auroc": error_detection_auroc(e[key], e["correct"]),
-                "coverage_at_99": coverage_at_accuracy(e[key], e["correct"], TARGET_ACCURACY)[0],
-                "aurc": curve.aurc,
-                "evaluation_coverage": float((~flagged).mean()),
-                "evaluation_accuracy_kept": float(e["correct"][~flagged].mean()) if (~flagged).any() else None,
-                "errors_flagged": flagged_error_share(policy, e[key], e["correct"]),
-            }
+            assessed = assess_policy((v[key], v["correct"]), (e[key], e["correct"]), score, TARGET_ACCURACY, method)
+            curves[f"{method} {score}"] = assessed.curve
+            per_score[score] = assessed.model_dump(exclude={"curve"})
         rows[method] = {
             "voxel_accuracy": float(e["correct"].mean()),
             "mean_dice": float(np.mean(e["dice"])),
@@ -254,7 +238,7 @@ def render(result: dict[str, Any]) -> str:
             kept = "n/a" if s["evaluation_accuracy_kept"] is None else f"{s['evaluation_accuracy_kept']:.4f}"
             lines.append(
                 f"| {method} | {row['mean_dice']:.3f} | {row['voxel_accuracy']:.4f} | {score} | "
-                f"{s['error_auroc']:.3f} | {s['coverage_at_99']:.3f} | {s['aurc']:.4f} | "
+                f"{s['error_auroc']:.3f} | {s['coverage_at_target']:.3f} | {s['aurc']:.4f} | "
                 f"{s['evaluation_coverage']:.3f}, {kept}, {s['errors_flagged']:.2f} | "
                 f"{row['case_entropy_vs_dice_spearman']:.2f} | {row['seconds_per_case']:.2f} "
                 f"({row['seconds_per_case'] / base:.1f}x) |"

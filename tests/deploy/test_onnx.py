@@ -11,12 +11,20 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.engines.classification.factory import random_classifier_package
 from tests.engines.segmentation.test_predict import make_package
 from vesalius.core.errors import InputError
 from vesalius.deploy.onnx import ONNX_FILE, ExportReport, export_onnx
 from vesalius.engines.classification.networks import ClassificationNetwork
 from vesalius.engines.classification.plan import ClassificationPlan, make_classification_plan
-from vesalius.engines.common.package import MANIFEST, WEIGHTS, load_package, save_package, verify_package
+from vesalius.engines.common.package import (
+    MANIFEST,
+    WEIGHTS,
+    load_package,
+    resave_package,
+    save_package,
+    verify_package,
+)
 from vesalius.engines.common.plan import SegmentationPlan
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -37,47 +45,19 @@ def classification_package(folder: Path, seed: int = 0) -> Path:
         input_size=[32, 32],
         flip_axes=[1],
     )
-    torch.manual_seed(seed)
-    network = ClassificationNetwork.build(plan.network)
-    for module in network.modules():  # BatchNorm statistics away from (0, 1), so eval mode matters
-        if isinstance(module, torch.nn.BatchNorm2d) and module.running_mean is not None:
-            module.running_mean.uniform_(-0.5, 0.5)
-            assert module.running_var is not None
-            module.running_var.uniform_(0.5, 2.0)
-    save_package(
+    return random_classifier_package(
         folder,
-        name="toy",
-        version="0.1.0",
-        task="classification",
-        labels=dict(enumerate(plan.class_names)),
-        plan=plan,
-        metrics={"auc": 0.5},
-        data_fingerprint={"items": 20},
-        state_dict=network.state_dict(),
+        plan,
+        seed=seed,
         postprocessing={"temperature": 1.7, "threshold": 0.4},
         weights_dtype=torch.float16,
+        jitter_batch_norm=True,  # so eval mode matters
     )
-    return folder
 
 
 def segmentation_package(folder: Path, seed: int = 0) -> Path:
     """A tiny DynUNet (deep supervision on) with largest-component post-processing of class 1 recorded."""
-    package = make_package(folder, seed=seed)
-    manifest = package.manifest
-    save_package(
-        folder,
-        name=manifest.name,
-        version=manifest.version,
-        task=manifest.task,
-        labels=manifest.labels,
-        plan=manifest.plan,
-        metrics=manifest.metrics,
-        data_fingerprint=manifest.data_fingerprint,
-        state_dict=package.state_dict(),
-        postprocessing={"keep_largest_component": [1]},
-        overwrite=True,
-    )
-    return folder
+    return resave_package(make_package(folder, seed=seed), postprocessing={"keep_largest_component": [1]})
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests import dicom_factory as factory
+from tests.engines.classification.factory import random_classifier_package
 from tests.engines.segmentation.test_predict import make_package
 from vesalius.core.errors import InputError, PackageIntegrityError
 from vesalius.core.results import ClassificationResult, ModelIdentity, NoduleFinding, NoduleResult, SegmentationResult
 from vesalius.engines.classification.engine import Classifier
-from vesalius.engines.classification.networks import ClassificationNetwork
 from vesalius.engines.classification.plan import make_classification_plan
-from vesalius.engines.common.package import load_package, save_package
+from vesalius.engines.common.package import load_package
 from vesalius.engines.detection.model import LungNoduleFinding
 from vesalius.gateway.models import ModelRegistry, UnknownModelError, nodule_result
 from vesalius.io.read import read_volume
@@ -90,18 +90,7 @@ def ordinal_package(folder: Path) -> Path:
         architecture="resnet10",
         width=0.25,
     )
-    network = ClassificationNetwork.build(plan.network)
-    return save_package(
-        folder,
-        name="grades",
-        version="0.1.0",
-        task="classification",
-        labels=dict(enumerate(plan.class_names)),
-        plan=plan,
-        metrics={},
-        data_fingerprint={},
-        state_dict=network.state_dict(),
-    )
+    return random_classifier_package(folder, plan)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from PIL import Image
 from vesalius.core.errors import InputError
 from vesalius.trust.abstain import (
     AbstainPolicy,
+    assess_policy,
     coverage_at_accuracy,
     error_detection_auroc,
     fit_abstain_policy,
@@ -117,3 +118,17 @@ def test_risk_coverage_png_is_written(tmp_path: Path) -> None:
         assert image.width > 100
     with pytest.raises(InputError):
         write_risk_coverage_png(tmp_path / "none.png", {})
+
+
+def test_an_assessment_fits_on_validation_and_measures_on_evaluation() -> None:
+    validation = ([0.1, 0.2, 0.3, 0.9], [True, True, True, False])  # the policy keeps up to 0.3
+    evaluation = ([0.05, 0.25, 0.4, 0.8, 0.95], [True, False, True, False, False])
+    assessed = assess_policy(validation, evaluation, "predictive_entropy", 0.99, "tta")
+    assert assessed.policy.threshold == pytest.approx(0.3)
+    assert assessed.policy.method == "tta"
+    assert assessed.evaluation_coverage == pytest.approx(2 / 5)  # 0.05 and 0.25 kept
+    assert assessed.evaluation_accuracy_kept == pytest.approx(1 / 2)
+    assert assessed.errors_flagged == pytest.approx(2 / 3)  # 0.8 and 0.95 flagged, 0.25 missed
+    assert assessed.coverage_at_target == pytest.approx(1 / 5)
+    assert assessed.error_auroc == pytest.approx(error_detection_auroc(*evaluation))
+    assert assessed.aurc == pytest.approx(risk_coverage(*evaluation).aurc)

@@ -10,12 +10,11 @@ import numpy.typing as npt
 import pytest
 import torch
 
+from tests.engines.classification.factory import random_classifier_package
 from tests.engines.segmentation.test_predict import make_package, oblique_volume
 from vesalius.core.errors import InputError
 from vesalius.engines.classification.engine import Classifier
-from vesalius.engines.classification.networks import ClassificationNetwork
 from vesalius.engines.classification.plan import make_classification_plan
-from vesalius.engines.common.package import save_package
 from vesalius.engines.segmentation.predict import Predictor
 from vesalius.trust.uncertainty import (
     ProbabilityMoments,
@@ -149,20 +148,7 @@ def make_classifier(folder: Path, seed: int, temperature: float = 1.5) -> Classi
         width=0.125,
         flip_axes=[0, 1],
     )
-    torch.manual_seed(seed)
-    network = ClassificationNetwork.build(plan.network)
-    save_package(
-        folder,
-        name="tiny",
-        version="0.1.0",
-        task="classification",
-        labels=dict(enumerate(plan.class_names)),
-        plan=plan,
-        metrics={},
-        data_fingerprint={},
-        state_dict=network.state_dict(),
-        postprocessing={"temperature": temperature, "threshold": None},
-    )
+    random_classifier_package(folder, plan, seed=seed, postprocessing={"temperature": temperature, "threshold": None})
     return Classifier(folder, device="cpu", precision="fp32")
 
 

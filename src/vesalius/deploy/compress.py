@@ -14,7 +14,7 @@ Speed is the network alone in torch FP32 on one input of the plan's size, warm-u
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict
 
 from vesalius.core.errors import InputError
 from vesalius.deploy.distill import Distillation, DistillationSettings
+from vesalius.deploy.onnx import package_network
 from vesalius.deploy.package_bench import bench_package
 from vesalius.deploy.prune import ForwardFunction, pruned_state
 from vesalius.deploy.student import Plan, narrower_plan, student_plan
 from vesalius.engines.common.guidance import Guidance
-from vesalius.engines.common.package import ModelPackage, load_package, save_package
+from vesalius.engines.common.package import ModelPackage, load_package, resave_package
 
 Method = Literal["distillation", "pruning"]
 DEFAULT_TEMPERATURE = {"classification": 4.0, "segmentation": 1.0}  # see DistillationSettings
@@ -220,8 +221,6 @@ def _trained_length(original: ModelPackage) -> tuple[int | None, int | None]:
 
 
 def _figures(role: str, package: Path, metric: float, runs: int) -> ModelFigures:
-    from vesalius.deploy.onnx import package_network
-
     parameters = sum(p.numel() for p in package_network(package).parameters())  # shared tensors once
     latency = bench_package(package, ["torch"], runs=runs)[0]
     return ModelFigures(
@@ -237,6 +236,16 @@ def _figures(role: str, package: Path, metric: float, runs: int) -> ModelFigures
 def _origin(original: ModelPackage) -> dict[str, Any]:
     manifest = original.manifest
     return {"name": manifest.name, "version": manifest.version, "manifest_sha256": manifest.manifest_sha256}
+
+
+def _start(
+    source: Path | str, dataset: Path | str, fold: int, output: Path | str, device: str, precision: str
+) -> tuple[ModelPackage, Path, _Task, torch.nn.Module]:
+    """The original package, the output folder (made), the task, and the original's network with its weights."""
+    original = load_package(source)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    return original, out, _task(original, Path(dataset), fold, out, device, precision), package_network(source)
 
 
 def _write(
@@ -276,16 +285,11 @@ def distill_package(
     """Train the ``student`` network (a spec, see ``vesalius.deploy.student``) on ``dataset`` with the teacher's
     soft targets (and hints); the student package is ``OUTPUT/fold_K/model``. With ``baseline`` the same student
     is also trained on the labels alone (``OUTPUT/baseline``), which shows what the teacher added."""
-    original = load_package(teacher)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    task = _task(original, Path(dataset), fold, out, device, precision)
+    original, out, task, network = _start(teacher, dataset, fold, output, device, precision)
     chosen = settings or DistillationSettings()
     if chosen.temperature is None:
         chosen = replace(chosen, temperature=DEFAULT_TEMPERATURE[task.name])
     plan = student_plan(task.plan, student)
-    network = task.network(task.plan)
-    network.load_state_dict(original.state_dict())
     guidance: Guidance = Distillation(network, chosen, task.activation, task.example_shape)
     lineage = {"method": "distillation", "teacher": _origin(original), "student": student, **chosen.__dict__}
     trained_epochs, trained_iterations = _trained_length(original)
@@ -298,27 +302,6 @@ def distill_package(
         rows.append(_figures("same student, labels only", alone, task.score(alone)[0], runs))
     rows.append(_figures(f"student ({student})", package, task.score(package)[0], runs))
     return _write("distillation", task, lineage, rows, items, out)
-
-
-def _save_pruned(
-    original: ModelPackage, plan: Plan, state: Mapping[str, torch.Tensor], folder: Path, lineage: dict[str, Any]
-) -> Path:
-    """The pruned weights as a package, with the original's labels, post-processing and data fingerprint."""
-    manifest = original.manifest
-    return save_package(
-        folder,
-        name=manifest.name,
-        version=manifest.version,
-        task=manifest.task,
-        labels=manifest.labels,
-        plan=json.loads(plan.model_dump_json()),
-        metrics={"lineage": lineage},
-        data_fingerprint=manifest.data_fingerprint,
-        state_dict=state,
-        overwrite=True,
-        postprocessing=manifest.postprocessing,
-        weights_dtype=torch.float16,
-    )
 
 
 def prune_package(
@@ -336,17 +319,19 @@ def prune_package(
 ) -> CompressionReport:
     """Remove ``ratio`` of the channels (``OUTPUT/pruned``), then fine-tune on ``dataset`` (``OUTPUT/fold_K/model``);
     ``epochs=0`` stops after pruning."""
-    original = load_package(model)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    task = _task(original, Path(dataset), fold, out, device, precision)
+    original, out, task, network = _start(model, dataset, fold, output, device, precision)
     plan = narrower_plan(task.plan, ratio)
-    network = task.network(task.plan)
-    network.load_state_dict(original.state_dict())
     example = torch.zeros(task.example_shape)
     state = pruned_state(network, task.network(plan), example, keep=task.keep, forward=task.forward)
     lineage: dict[str, Any] = {"method": "pruning", "original": _origin(original), "ratio": ratio, "importance": "L1"}
-    pruned = _save_pruned(original, plan, state, out / PRUNED_DIR, lineage)
+    pruned = resave_package(  # the original's labels, post-processing and data fingerprint
+        original,
+        out / PRUNED_DIR,
+        state_dict=state,
+        weights_dtype=torch.float16,
+        plan=json.loads(plan.model_dump_json()),
+        metrics={"lineage": lineage},
+    )
     metric, items = task.score(Path(model))
     rows = [
         _figures("original", Path(model), metric, runs),

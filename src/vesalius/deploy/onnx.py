@@ -8,7 +8,7 @@ without the deep-supervision heads.
 The torch.export-based exporter (``dynamo=True``) is tried first; when it fails, or its graph does not give
 the torch logits at every checked shape, the TorchScript exporter is tried. The graph is kept only when
 ONNX Runtime reproduces the torch logits within ``tolerance`` on every checked shape, batch 2 included.
-Adding the file re-saves the package through ``save_package`` with the same manifest fields, so
+Adding the file re-saves the package (``resave_package``) with the same weights and manifest fields, so
 ``package.json`` lists ``model.onnx`` with its SHA-256 and ``verify_package`` passes.
 """
 
@@ -18,7 +18,7 @@ import io
 import math
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Literal
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from vesalius.core.errors import InputError
 from vesalius.engines.classification.networks import ClassificationNetwork
 from vesalius.engines.classification.plan import ClassificationPlan
-from vesalius.engines.common.package import WEIGHTS, ModelPackage, load_package, save_package
+from vesalius.engines.common.package import ModelPackage, load_package, resave_package
 from vesalius.engines.common.plan import SegmentationPlan
 
 ONNX_FILE = "model.onnx"
@@ -41,7 +41,7 @@ OUTPUT_NAME = "logits"
 DEFAULT_TOLERANCE = 1e-3
 Exporter = Literal["dynamo", "torchscript"]
 
-__all__ = ["ONNX_FILE", "CheckedInput", "ExportReport", "add_to_package", "export_onnx", "package_network"]
+__all__ = ["ONNX_FILE", "CheckedInput", "ExportReport", "export_onnx", "package_network"]
 
 
 class CheckedInput(BaseModel):
@@ -190,27 +190,6 @@ def _try_exporters(
     raise InputError("ONNX export failed: " + "; ".join(problems))
 
 
-def add_to_package(package: ModelPackage, files: Mapping[str, Path]) -> None:
-    """Re-save ``package`` in place with ``files`` added (or replaced) and hashed in its manifest; the weights
-    keep their bytes and every other manifest field its value (``created`` is the time of this save)."""
-    manifest = package.manifest
-    kept = {name: package.folder / name for name in manifest.files if name != WEIGHTS and name not in files}
-    save_package(
-        package.folder,
-        name=manifest.name,
-        version=manifest.version,
-        task=manifest.task,
-        labels=manifest.labels,
-        plan=manifest.plan,
-        metrics=manifest.metrics,
-        data_fingerprint=manifest.data_fingerprint,
-        postprocessing=manifest.postprocessing,
-        state_dict=package.state_dict(),  # as stored (e.g. float16): the weights file keeps its bytes
-        extra_files={**kept, **files},
-        overwrite=True,
-    )
-
-
 def export_onnx(
     package_dir: Path | str,
     *,
@@ -234,7 +213,7 @@ def export_onnx(
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=folder) as scratch:
         exported = Path(scratch) / ONNX_FILE
         exporter, checked = _try_exporters(network, shapes, exported, opset, tolerance, exporters, resizable)
-        add_to_package(package, {ONNX_FILE: exported})
+        resave_package(package, extra_files={ONNX_FILE: exported})
     path = folder / ONNX_FILE
     return ExportReport(
         path=path,

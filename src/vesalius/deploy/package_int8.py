@@ -20,7 +20,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from vesalius.core.errors import InputError
-from vesalius.deploy.onnx import ONNX_FILE, add_to_package
+from vesalius.deploy.onnx import ONNX_FILE
 from vesalius.deploy.quantize import AccuracyGate, check_gate, gate, quantize_int8
 from vesalius.deploy.runtime import INT8_FILE, OnnxClassifier, OnnxSegmenter
 from vesalius.engines.classification.dataset import read_classification_dataset
@@ -28,7 +28,7 @@ from vesalius.engines.classification.images import prepare_images
 from vesalius.engines.common.dataset import Case, SegmentationDataset, load_case, read_msd_dataset
 from vesalius.engines.common.metrics.classification import binary_metrics, multiclass_metrics
 from vesalius.engines.common.metrics.segmentation import dice
-from vesalius.engines.common.package import load_package
+from vesalius.engines.common.package import load_package, resave_package
 from vesalius.engines.common.plan import SegmentationPlan
 from vesalius.engines.segmentation.preprocess import preprocess_image, preprocess_label
 
@@ -168,11 +168,11 @@ def quantize_package(
         int8 = quantize_int8(folder / ONNX_FILE, Path(scratch) / INT8_FILE, inputs, method=method)
         trial = Path(scratch) / "package"  # scored through a copy: the package never holds an ungated graph
         shutil.copytree(folder, trial, ignore=shutil.ignore_patterns(".*"))
-        add_to_package(load_package(trial), {INT8_FILE: int8})
+        resave_package(load_package(trial), extra_files={INT8_FILE: int8})
         result = gate(metric, score(trial, ONNX_FILE), score(trial, INT8_FILE), max_drop_points)
         int8_bytes = int8.stat().st_size
         if result.passed:
-            add_to_package(package, {INT8_FILE: int8})
+            resave_package(package, extra_files={INT8_FILE: int8})
     report = QuantizeReport(
         path=folder / INT8_FILE if result.passed else None,
         method=method,

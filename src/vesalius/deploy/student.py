@@ -46,7 +46,17 @@ def _number(spec: str, key: str, value: str) -> float:
         raise InputError(f"student spec {spec!r}: {key} must be a number, got {value!r}") from None
 
 
-def _classification_student(plan: ClassificationPlan, spec: str) -> ClassificationPlan:
+def _with_network(plan: Plan, update: dict[str, Any]) -> Plan:
+    """``plan`` with its network's fields in ``update`` replaced, validated as a new plan."""
+    changed = plan.model_copy(update={"network": plan.network.model_copy(update=update)})
+    return type(plan).model_validate(changed.model_dump())
+
+
+def _scaled_filters(filters: list[int], factor: float) -> list[int]:
+    return [max(MIN_FILTERS, round(f * factor)) for f in filters]
+
+
+def _classification_student(spec: str) -> dict[str, Any]:
     architecture, options = parse_spec(spec)
     unknown = set(options) - {"width", "dropout"}
     if unknown:
@@ -60,10 +70,10 @@ def _classification_student(plan: ClassificationPlan, spec: str) -> Classificati
     update: dict[str, Any] = {key: _number(spec, key, value) for key, value in options.items()}
     if architecture is not None:
         update["architecture"] = architecture
-    return plan.model_copy(update={"network": plan.network.model_copy(update=update)})
+    return update
 
 
-def _segmentation_student(plan: SegmentationPlan, spec: str) -> SegmentationPlan:
+def _segmentation_student(plan: SegmentationPlan, spec: str) -> dict[str, Any]:
     architecture, options = parse_spec(spec)
     unknown = set(options) - {"filters", "width"}
     if unknown or architecture not in (None, "DynUNet") or len(options) != 1:
@@ -77,18 +87,17 @@ def _segmentation_student(plan: SegmentationPlan, spec: str) -> SegmentationPlan
         if len(filters) != stages:
             raise InputError(f"student spec {spec!r}: the plan has {stages} stages, so filters needs {stages} numbers")
     else:
-        width = _number(spec, "width", options["width"])
-        filters = [max(MIN_FILTERS, round(f * width)) for f in plan.network.filters]
+        filters = _scaled_filters(plan.network.filters, _number(spec, "width", options["width"]))
     if min(filters) < 1:
         raise InputError(f"student spec {spec!r}: every stage needs at least one filter")
-    return plan.model_copy(update={"network": plan.network.model_copy(update={"filters": filters})})
+    return {"filters": filters}
 
 
 def student_plan(plan: Plan, spec: str) -> Plan:
     """The teacher's plan with the student's network."""
     if isinstance(plan, ClassificationPlan):
-        return ClassificationPlan.model_validate(_classification_student(plan, spec).model_dump())
-    return SegmentationPlan.model_validate(_segmentation_student(plan, spec).model_dump())
+        return _with_network(plan, _classification_student(spec))
+    return _with_network(plan, _segmentation_student(plan, spec))
 
 
 def narrower_plan(plan: Plan, ratio: float) -> Plan:
@@ -101,11 +110,10 @@ def narrower_plan(plan: Plan, ratio: float) -> Plan:
                 f"structured pruning takes ResNet classifiers (width is their plan's knob); this one is "
                 f"{plan.network.architecture}; distil it into a ResNet instead"
             )
-        narrower = student_plan(plan, f"width={plan.network.width * (1 - ratio)}")
+        narrower = _with_network(plan, {"width": plan.network.width * (1 - ratio)})
         unchanged = narrower.network.stage_widths() == plan.network.stage_widths()  # type: ignore[union-attr]
     else:
-        filters = ":".join(str(max(MIN_FILTERS, round(f * (1 - ratio)))) for f in plan.network.filters)
-        narrower = student_plan(plan, f"filters={filters}")
+        narrower = _with_network(plan, {"filters": _scaled_filters(plan.network.filters, 1 - ratio)})
         unchanged = narrower.network == plan.network
     if unchanged:
         raise InputError(f"a pruning ratio of {ratio} removes no channel from this network; use a larger one")

@@ -24,7 +24,9 @@ from vesalius.engines.common.curves import pyplot, save_figure
 
 __all__ = [
     "AbstainPolicy",
+    "PolicyAssessment",
     "RiskCoverage",
+    "assess_policy",
     "coverage_at_accuracy",
     "error_detection_auroc",
     "fit_abstain_policy",
@@ -161,6 +163,46 @@ def flagged_error_share(policy: AbstainPolicy, uncertainty: npt.ArrayLike, corre
     if right.all():
         raise InputError(f"flagged error share needs at least one wrong prediction; all {right.size} are right")
     return float(policy.flag(scores)[~right].mean())
+
+
+class PolicyAssessment(BaseModel):
+    """A score judged as a review trigger: a policy fitted on validation cases, then everything measured on
+    evaluation cases (the curve is the evaluation risk-coverage curve)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: AbstainPolicy
+    error_auroc: float
+    coverage_at_target: float = Field(description="Largest evaluation coverage reaching the target accuracy")
+    aurc: float
+    evaluation_coverage: float = Field(description="Share of evaluation cases the fitted policy keeps")
+    evaluation_accuracy_kept: float | None
+    errors_flagged: float = Field(description="Share of evaluation errors the fitted policy flags")
+    curve: RiskCoverage
+
+
+def assess_policy(
+    validation: tuple[npt.ArrayLike, npt.ArrayLike],
+    evaluation: tuple[npt.ArrayLike, npt.ArrayLike],
+    score: str,
+    target_accuracy: float = 0.99,
+    method: str | None = None,
+) -> PolicyAssessment:
+    """Fit the policy on ``validation`` (uncertainty, correct) and measure it and the score on ``evaluation``."""
+    policy = fit_abstain_policy(*validation, score, target_accuracy, method)
+    scores, right = _checked(*evaluation)
+    kept = ~policy.flag(scores)
+    curve = risk_coverage(scores, right)
+    return PolicyAssessment(
+        policy=policy,
+        error_auroc=error_detection_auroc(scores, right),
+        coverage_at_target=coverage_at_accuracy(scores, right, target_accuracy)[0],
+        aurc=curve.aurc,
+        evaluation_coverage=float(kept.mean()),
+        evaluation_accuracy_kept=float(right[kept].mean()) if kept.any() else None,
+        errors_flagged=flagged_error_share(policy, scores, right),
+        curve=curve,
+    )
 
 
 def write_risk_coverage_png(path: Path | str, curves: Mapping[str, RiskCoverage]) -> Path:

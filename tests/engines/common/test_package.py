@@ -19,6 +19,7 @@ from vesalius.engines.common.package import (
     PackageManifest,
     as_stored,
     load_package,
+    resave_package,
     save_package,
     verify_package,
 )
@@ -287,3 +288,24 @@ def test_a_manifest_without_weights_listed_is_invalid() -> None:
                 "manifest_sha256": "sha256:" + "0" * 64,
             }
         )
+
+
+def test_resaving_changes_only_the_fields_asked_and_keeps_files_only_with_the_same_weights(
+    package: Path, tmp_path: Path
+) -> None:
+    before = load_package(package).manifest
+    weights = (package / WEIGHTS).read_bytes()
+    resave_package(load_package(package), postprocessing={"keep_largest_component": [1]})
+    after = load_package(package).manifest
+    assert after.postprocessing == {"keep_largest_component": [1]}
+    assert (after.plan, after.metrics, after.labels) == (before.plan, before.metrics, before.labels)
+    assert after.files == before.files  # the weights keep their bytes, the ONNX graph stays
+    assert (package / WEIGHTS).read_bytes() == weights
+    retrained = {k: v + 1 if v.is_floating_point() else v for k, v in load_package(package).state_dict().items()}
+    copy = resave_package(load_package(package), tmp_path / "copy", state_dict=retrained, plan={"patch_size": [16, 16]})
+    derived = load_package(copy).manifest
+    assert set(derived.files) == {WEIGHTS}  # a graph of the old weights does not describe the new ones
+    assert derived.plan == {"patch_size": [16, 16]}
+    assert verify_package(copy) == []
+    with pytest.raises(PackageError, match="cannot change"):
+        resave_package(load_package(package), tmp_path / "bad", files={})

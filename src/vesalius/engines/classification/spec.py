@@ -18,7 +18,7 @@ Architecture = Literal[
 ]
 ARCHITECTURES: tuple[str, ...] = Architecture.__args__  # type: ignore[attr-defined]
 
-__all__ = ["ARCHITECTURES", "Architecture", "NetworkSpec", "head_sizes", "stage_widths"]
+__all__ = ["ARCHITECTURES", "Architecture", "NetworkSpec", "head_sizes"]
 RESNET_WIDTHS = (64, 128, 256, 512)  # published ResNet stage widths (width 1.0)
 MIN_STAGE_WIDTH = 8
 
@@ -37,13 +37,8 @@ class NetworkSpec(BaseModel):
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout before the heads (MC dropout needs > 0)")
 
     def stage_widths(self) -> list[int]:
-        """A ResNet's channels per stage at this width."""
-        return stage_widths(self.width)
-
-
-def stage_widths(width: float) -> list[int]:
-    """ResNet channels per stage: the published widths times ``width``, never under 8."""
-    return [max(MIN_STAGE_WIDTH, round(p * width)) for p in RESNET_WIDTHS]
+        """A ResNet's channels per stage: the published widths times ``width``, never under 8."""
+        return [max(MIN_STAGE_WIDTH, round(p * self.width)) for p in RESNET_WIDTHS]
 
 
 def head_sizes(kind: str, class_names: Sequence[str], extra: Mapping[str, Sequence[str]]) -> dict[str, int]:

@@ -53,6 +53,7 @@ __all__ = [
     "as_stored",
     "load_manifest",
     "load_package",
+    "resave_package",
     "save_package",
     "verify_package",
 ]
@@ -151,6 +152,38 @@ def load_package(folder: Path | str, verify: bool = True) -> ModelPackage:
     """Read a package, verifying every hash first; ``verify=False`` is an escape hatch for forensics only."""
     folder = Path(folder)
     return ModelPackage(folder=folder, manifest=load_manifest(folder, verify))
+
+
+MANIFEST_FIELDS = ("name", "version", "task", "labels", "plan", "metrics", "data_fingerprint", "postprocessing")
+
+
+def resave_package(
+    package: ModelPackage,
+    folder: Path | str | None = None,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    extra_files: Mapping[str, Path] | None = None,
+    weights_dtype: torch.dtype | None = None,
+    **fields: Any,
+) -> Path:
+    """Save ``package`` again, in its own folder or in ``folder``, with the manifest ``fields`` given replaced
+    (plan, metrics, postprocessing...) and ``extra_files`` added. Without a new ``state_dict`` the weights keep
+    their bytes and the package's other files (an ONNX graph) stay; new weights drop them, as they no longer
+    describe the network."""
+    unknown = sorted(set(fields) - set(MANIFEST_FIELDS))
+    if unknown:
+        raise PackageError(f"cannot change {unknown} of a package; the fields are {', '.join(MANIFEST_FIELDS)}")
+    manifest = package.manifest
+    values = {name: getattr(manifest, name) for name in MANIFEST_FIELDS} | fields
+    kept = {} if state_dict is not None else {n: package.folder / n for n in manifest.files if n != WEIGHTS}
+    return save_package(
+        package.folder if folder is None else folder,
+        **values,
+        state_dict=package.state_dict() if state_dict is None else state_dict,  # as stored: same bytes
+        extra_files={**kept, **(extra_files or {})},
+        overwrite=True,
+        weights_dtype=weights_dtype,
+    )
 
 
 def as_stored(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
